@@ -1,0 +1,3 @@
+"""trtq's version, read by the sidecar report."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,133 @@
+"""Streaming per-tensor statistics: each batch is reduced to numbers and dropped.
+
+Two passes over the data (DESIGN.md "Statistics"):
+1. max |x|, min, max, finite-value and excluded-value counts per tensor;
+2. (histogram methods only) a histogram of |x| with `num_bins` bins over [0, max|x|] fixed by pass 1.
+Both are sums and maxima over samples, so the result does not depend on batch size or order, and memory
+is bounded by one batch of activations plus `num_bins` counters per tensor.
+
+Non-finite values and the "minus infinity" sentinels that attention masks use (|x| >= 1e30, e.g.
+`torch.finfo(float32).min`) are counted in `excluded` and never enter a range.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from trtq._ort import make_session
+from trtq.calibrators.data import BatchStream
+
+__all__ = ["SENTINEL", "TensorStats", "collect_stats"]
+
+logger = logging.getLogger(__name__)
+
+SENTINEL = 1e30  # |x| at or above this is a mask sentinel, not an activation value
+
+
+@dataclass
+class TensorStats:
+    """What calibration learned about one activation tensor."""
+
+    name: str
+    amax: float = 0.0
+    min: float = float("inf")
+    max: float = float("-inf")
+    count: int = 0
+    excluded: int = 0
+    samples: int = 0
+    hist: np.ndarray | None = field(default=None, repr=False)
+
+    def update(self, x: np.ndarray, samples: int) -> np.ndarray:
+        """Fold one batch into the running numbers; return its finite |x| values."""
+        x = np.asarray(x, dtype=np.float32).ravel()
+        absx = np.abs(x)
+        keep = absx < SENTINEL  # False for nan, ±inf and sentinels
+        n_keep = int(np.count_nonzero(keep))
+        if n_keep != x.size:
+            self.excluded += x.size - n_keep
+            x, absx = x[keep], absx[keep]
+        self.samples += samples
+        self.count += n_keep
+        if n_keep:
+            self.amax = max(self.amax, float(absx.max()))
+            self.min = min(self.min, float(x.min()))
+            self.max = max(self.max, float(x.max()))
+        return absx
+
+    def add_to_histogram(self, absx: np.ndarray, num_bins: int) -> None:
+        """Count finite |x| values into `num_bins` bins over [0, amax] (amax fixed by pass 1)."""
+        if self.hist is None:
+            self.hist = np.zeros(num_bins, dtype=np.int64)
+        if self.amax <= 0.0 or absx.size == 0:
+            self.hist[0] += absx.size
+            return
+        idx = np.minimum((absx * (num_bins / self.amax)).astype(np.int64), num_bins - 1)
+        self.hist += np.bincount(idx, minlength=num_bins)
+
+    @property
+    def edges(self) -> np.ndarray:
+        n = len(self.hist) if self.hist is not None else 0
+        return np.linspace(0.0, self.amax, n + 1)
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "samples": self.samples,
+            "values": self.count,
+            "excluded_nonfinite": self.excluded,
+            "min": self.min if self.count else 0.0,
+            "max": self.max if self.count else 0.0,
+            "absmax": self.amax,
+        }
+
+
+def collect_stats(
+    model: onnx.ModelProto,
+    tensors: Sequence[str],
+    batches: BatchStream,
+    *,
+    histograms: bool,
+    num_bins: int = 2048,
+    progress: bool = True,
+) -> dict[str, TensorStats]:
+    """Run `model` over `batches` and reduce every tensor in `tensors` to `TensorStats`.
+
+    Args:
+        model: the FP32 graph (the one whose tensors will be quantized).
+        tensors: names of the activation tensors to observe.
+        batches: validated calibration batches; iterated twice when `histograms` is set.
+        histograms: also fill |x| histograms (needed by percentile, entropy, mse).
+        num_bins: histogram bins.
+        progress: show a progress bar with samples/second on stderr.
+    """
+    session = make_session(model, outputs=list(tensors))
+    names = list(tensors)
+    stats = {n: TensorStats(n) for n in names}
+    started = time.perf_counter()
+    for batch in _progress(batches, "calibrate: ranges", progress):
+        n = next(iter(batch.values())).shape[0]
+        for name, value in zip(names, session.run(names, batch)):
+            stats[name].update(value, n)
+    if histograms:
+        for batch in _progress(batches, "calibrate: histograms", progress, total=batches.num_samples):
+            for name, value in zip(names, session.run(names, batch)):
+                finite = np.abs(np.asarray(value, dtype=np.float32).ravel())
+                stats[name].add_to_histogram(finite[finite < SENTINEL], num_bins)
+    logger.info("calibrated %d tensors on %s samples in %.1f s", len(names), batches.num_samples,
+                time.perf_counter() - started)
+    return stats
+
+
+def _progress(batches: Iterable[dict[str, np.ndarray]], desc: str, enabled: bool, total: int | None = None):
+    """Yield `batches`, advancing a tqdm bar by the samples in each (samples/second shown)."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc=desc, unit="sample", disable=not enabled, leave=False, dynamic_ncols=True) as bar:
+        for batch in batches:
+            yield batch
+            bar.update(next(iter(batch.values())).shape[0])

@@ -1,0 +1,192 @@
+"""Typed, validated, JSON-round-trippable configuration: what the user chose."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from trtq.errors import TrtqError
+
+__all__ = [
+    "CALIB_METHODS",
+    "DEFAULT_CALIB_METHOD",
+    "PRECISIONS",
+    "TARGETS",
+    "TRT_VERSIONS",
+    "CalibConfig",
+    "QuantConfig",
+    "Target",
+    "TargetSpec",
+]
+
+PRECISIONS = ("int8", "fp8", "int4")
+CALIB_METHODS = ("minmax", "percentile", "entropy", "mse")
+# Chosen on bench/: see README "Calibration methods" for the figures behind it.
+DEFAULT_CALIB_METHOD = "mse"
+TRT_VERSIONS = ("10.3", "10.16", "11")
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """What a device family runs: compute capability and precisions TensorRT offers on it."""
+
+    sm: str
+    precisions: tuple[str, ...]
+    default_trt: str
+    note: str = ""
+
+
+# reference: shared/reference/anchors-trt-modelopt.md §4 (Jetson matrix) and §2.1 (FP8 needs SM >= 8.9).
+TARGETS: dict[str, TargetSpec] = {
+    "orin": TargetSpec("8.7", ("fp16", "int8", "int4"), "10.3", "Jetson Orin, JetPack 6.x (TensorRT 10.3)"),
+    "thor": TargetSpec("11.0", ("fp16", "int8", "int4", "fp8", "fp4"), "10.16", "Jetson Thor, JetPack 7.x"),
+    "ampere": TargetSpec("8.0", ("fp16", "int8", "int4"), "10.16", "A100 / RTX 30xx"),
+    "ada": TargetSpec("8.9", ("fp16", "int8", "int4", "fp8"), "10.16", "L4 / L40 / RTX 40xx"),
+    "hopper": TargetSpec("9.0", ("fp16", "int8", "int4", "fp8"), "10.16", "H100 / H200"),
+    "blackwell": TargetSpec("10.0", ("fp16", "int8", "int4", "fp8", "fp4"), "10.16", "B200 / RTX 50xx"),
+}
+
+
+def _choice(value: Any, allowed: tuple[str, ...], what: str, flag: str) -> str:
+    if value not in allowed:
+        raise TrtqError(f"unknown {what} {value!r}.", f"use {flag} with one of: {', '.join(allowed)}.")
+    return value
+
+
+class _JsonConfig:
+    """Mixin: `to_dict` / `from_dict` that survive a JSON round trip."""
+
+    version: ClassVar[int] = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": self.version}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, _JsonConfig):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        data = dict(data)
+        data.pop("version", None)
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name not in data:
+                continue
+            value = data.pop(f.name)
+            sub = _NESTED.get((cls.__name__, f.name))
+            if sub is not None and isinstance(value, dict):
+                value = sub.from_dict(value)
+            elif isinstance(value, list):
+                value = tuple(value)
+            kwargs[f.name] = value
+        if data:
+            raise TrtqError(f"unknown {cls.__name__} field(s): {', '.join(sorted(data))}.", "remove them.")
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Target(_JsonConfig):
+    """The device family and TensorRT version an engine will be built for."""
+
+    name: str = "ampere"
+    trt: str | None = None
+
+    def __post_init__(self) -> None:
+        _choice(self.name, tuple(TARGETS), "target", "--target")
+        if self.trt is not None:
+            _choice(self.trt, TRT_VERSIONS, "TensorRT version", "--trt")
+
+    @property
+    def spec(self) -> TargetSpec:
+        return TARGETS[self.name]
+
+    @property
+    def trt_version(self) -> str:
+        return self.trt or self.spec.default_trt
+
+
+@dataclass(frozen=True)
+class CalibConfig(_JsonConfig):
+    """How activation ranges are computed from calibration data.
+
+    Args:
+        method: minmax | percentile | entropy | mse (see algorithms.md §8 for each).
+        percentile: the percentile of |x| kept by the percentile method.
+        num_bins: histogram bins over [0, max|x|] for the histogram methods.
+        batch_size: samples per ONNX Runtime run when trtq batches arrays itself (.npz input).
+        max_samples: stop after this many samples (None: use all).
+    """
+
+    method: str = DEFAULT_CALIB_METHOD
+    percentile: float = 99.99
+    num_bins: int = 2048
+    batch_size: int = 8
+    max_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        _choice(self.method, CALIB_METHODS, "calibration method", "--calib-method")
+        if not 0.0 < self.percentile <= 100.0:
+            raise TrtqError(f"percentile {self.percentile} is outside (0, 100].", "pass e.g. --percentile 99.99.")
+        if self.num_bins < 256:
+            raise TrtqError(f"num_bins={self.num_bins} is too few for histogram methods.", "use 256 or more.")
+        if self.batch_size < 1:
+            raise TrtqError(f"batch_size={self.batch_size} must be at least 1.", "pass a positive batch size.")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise TrtqError(f"max_samples={self.max_samples} must be at least 1.", "pass a positive count.")
+
+
+@dataclass(frozen=True)
+class QuantConfig(_JsonConfig):
+    """Everything `trtq.quantize` needs besides the model and the data.
+
+    Args:
+        precision: int8 | fp8 | int4 (int4 is weight-only, block-wise, on MatMul/Gemm weights).
+        calib: activation-range settings (ignored by int4, which needs no activation ranges).
+        exclude: regular expressions; nodes whose name matches any stay in floating point.
+        seed: seed of every random choice trtq makes.
+        block_size: INT4 block length along the reduction axis.
+        opset: ONNX opset of the output (None: the lowest one the precision needs, or the model's own).
+        target: the device family the graph is checked against (None: TensorRT's rules only).
+        check: run `trtq.check` on the output and refuse to write it when it finds errors.
+    """
+
+    precision: str = "int8"
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    exclude: tuple[str, ...] = ()
+    seed: int = 0
+    block_size: int = 128
+    opset: int | None = None
+    target: Target | None = None
+    check: bool = True
+
+    def __post_init__(self) -> None:
+        _choice(self.precision, PRECISIONS, "precision", "--precision")
+        if self.block_size < 2 or self.block_size & (self.block_size - 1):
+            raise TrtqError(f"block_size={self.block_size} is not a power of two >= 2.", "use e.g. 32, 64 or 128.")
+        if self.target is not None and self.precision not in self.target.spec.precisions:
+            raise TrtqError(
+                f"{self.precision.upper()} cannot run on target {self.target.name!r} "
+                f"(SM {self.target.spec.sm}: {', '.join(self.target.spec.precisions)}).",
+                "choose --precision int8 (or int4 weight-only), or a target that runs it "
+                "(fp8: ada, hopper, blackwell, thor).",
+            )
+        import re
+
+        for pattern in self.exclude:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise TrtqError(f"--exclude {pattern!r} is not a valid regular expression ({exc}).",
+                                "fix or quote the pattern.") from exc
+
+
+_NESTED: dict[tuple[str, str], type[_JsonConfig]] = {
+    ("QuantConfig", "calib"): CalibConfig,
+    ("QuantConfig", "target"): Target,
+}

@@ -1,0 +1,190 @@
+"""Where Q/DQ nodes go: TensorRT's placement recommendations turned into a plan.
+
+Rules (shared/reference/anchors-trt-modelopt.md §2.3; DESIGN.md "TensorRT rules"):
+- INT8 / FP8: every input of Conv, ConvTranspose, Gemm and MatMul is quantized: constant weights
+  per-channel (Conv axis 0, ConvTranspose axis 1, Gemm/MatMul the output-channel axis), activations
+  per-tensor; biases stay in floating point.
+- Outputs of weighted ops are never quantized (TensorRT fuses conv + bias + activation and writes the
+  output in the precision of the next consumer's input).
+- The residual input of an Add fed directly by a quantized Conv is quantized, so TensorRT fuses the
+  addition into the convolution (conv + add fusion); Adds after MatMul/Gemm (bias, attention mask,
+  transformer residuals) stay in floating point.
+- Nothing is inserted between Conv and its activation, on the attention mask Add, or on Softmax's
+  input: only weighted-op inputs and conv residuals get Q/DQ, so those fusions stay intact.
+- INT4 is weight-only: constant MatMul/Gemm weights, block-wise along the reduction axis K, when K is
+  a multiple of the block size.
+A tensor feeding several quantized consumers gets one shared Q/DQ (one scale), as TensorRT expects.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+__all__ = ["QuantPlan", "WeightSlot", "plan_quantization", "WEIGHTED_OPS"]
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_FLOAT_TYPES = (np.float32, np.float16)
+
+
+@dataclass(frozen=True)
+class WeightSlot:
+    """A constant weight to quantize: its tensor, the channel axis and, for INT4, the block axis."""
+
+    tensor: str
+    axis: int
+    block_axis: int | None = None
+
+
+@dataclass
+class QuantPlan:
+    """Which tensors get Q/DQ and for which consumers.
+
+    Attributes:
+        activations: activation tensor -> [(consumer node name, input index)] that read its DQ output.
+        weights: (weight tensor, axis) -> WeightSlot plus consumers.
+        skipped: nodes left in floating point, with the reason.
+        residual_adds: Add nodes whose residual input is quantized for conv + add fusion.
+    """
+
+    activations: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    weights: dict[WeightSlot, list[tuple[str, int]]] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    residual_adds: list[str] = field(default_factory=list)
+    quantized_nodes: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.activations and not self.weights
+
+
+def plan_quantization(model: onnx.ModelProto, precision: str, exclude: Sequence[str] = (),
+                      block_size: int = 128) -> QuantPlan:
+    """Decide every Q/DQ of `model` for `precision` (int8 | fp8 | int4) under TensorRT's rules."""
+    graph = gs.import_onnx(model)
+    patterns = [re.compile(p) for p in exclude]
+    plan = QuantPlan()
+    names = _node_names(graph)
+    for node in graph.nodes:
+        if node.op not in WEIGHTED_OPS:
+            continue
+        name = names[id(node)]
+        if any(p.search(name) for p in patterns):
+            plan.skipped.append({"node": name, "op": node.op, "reason": "matched --exclude"})
+            continue
+        planned = _plan_int4(node, name, block_size, plan) if precision == "int4" else _plan_weighted(node, name, plan)
+        if planned:
+            plan.quantized_nodes.append(name)
+    if precision != "int4":
+        _plan_residuals(graph, names, set(plan.quantized_nodes), patterns, plan)
+    return plan
+
+
+def _node_names(graph: gs.Graph) -> dict[int, str]:
+    """Node names (`trtq.quantize` names unnamed nodes `<op>_<index>` before planning)."""
+    return {id(n): n.name or f"{n.op}_{i}" for i, n in enumerate(graph.nodes)}
+
+
+def _is_float(tensor: gs.Tensor) -> bool:
+    dtype = tensor.dtype if not isinstance(tensor, gs.Constant) else tensor.values.dtype
+    if dtype is None:  # no inferred type: weighted-op inputs are floating point in practice
+        return True
+    try:
+        return np.dtype(dtype) in _FLOAT_TYPES
+    except TypeError:
+        return False
+
+
+def _constant(tensor: gs.Tensor) -> gs.Constant | None:
+    """The constant behind `tensor` (an initializer, or a Constant node's value)."""
+    if isinstance(tensor, gs.Constant):
+        return tensor
+    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
+        value = tensor.inputs[0].attrs.get("value")
+        return value if isinstance(value, gs.Constant) else None
+    return None
+
+
+def _weight_axis(node: gs.Node, index: int, rank: int) -> int | None:
+    """The output-channel axis of weight input `index` of `node` (None: quantize per-tensor)."""
+    if node.op == "Conv":
+        return 0 if index == 1 else None
+    if node.op == "ConvTranspose":
+        return 1 if index == 1 and node.attrs.get("group", 1) == 1 else None
+    if node.op == "Gemm":
+        if index == 1:
+            return 0 if node.attrs.get("transB", 0) else 1
+        return 1 if node.attrs.get("transA", 0) else 0
+    if node.op == "MatMul" and rank >= 2:
+        return rank - 1 if index == 1 else rank - 2
+    return None
+
+
+def _plan_weighted(node: gs.Node, name: str, plan: QuantPlan) -> bool:
+    planned = False
+    n_inputs = 2 if node.op in ("Conv", "ConvTranspose", "Gemm") else len(node.inputs)
+    for index, tensor in enumerate(node.inputs[:n_inputs]):
+        if tensor is None or not tensor.name or not _is_float(tensor):
+            continue
+        planned = True
+        const = _constant(tensor)
+        if const is None:
+            plan.activations.setdefault(tensor.name, []).append((name, index))
+            continue
+        axis = _weight_axis(node, index, const.values.ndim)
+        slot = WeightSlot(tensor.name, -1 if axis is None else axis)
+        plan.weights.setdefault(slot, []).append((name, index))
+    return planned
+
+
+def _plan_int4(node: gs.Node, name: str, block_size: int, plan: QuantPlan) -> bool:
+    if node.op not in ("MatMul", "Gemm"):
+        plan.skipped.append({"node": name, "op": node.op, "reason": "INT4 is weight-only on MatMul/Gemm"})
+        return False
+    index = 1
+    const = _constant(node.inputs[1]) if len(node.inputs) > 1 else None
+    if const is None or const.values.ndim != 2 or not _is_float(node.inputs[1]):
+        plan.skipped.append({"node": name, "op": node.op, "reason": "no constant 2-D weight (activation x activation)"})
+        return False
+    trans_b = node.op == "Gemm" and node.attrs.get("transB", 0)
+    k_axis = 1 if trans_b else 0
+    k = const.values.shape[k_axis]
+    if k % block_size:
+        plan.skipped.append({"node": name, "op": node.op,
+                             "reason": f"reduction size {k} is not a multiple of block size {block_size}"})
+        return False
+    slot = WeightSlot(node.inputs[index].name, 1 - k_axis, block_axis=k_axis)
+    plan.weights.setdefault(slot, []).append((name, index))
+    return True
+
+
+def _plan_residuals(graph: gs.Graph, names: dict[int, str], quantized: set[str],
+                    patterns: list[re.Pattern[str]], plan: QuantPlan) -> None:
+    order = {id(n): i for i, n in enumerate(graph.nodes)}
+    for node in graph.nodes:
+        if node.op != "Add" or len(node.inputs) != 2 or any(_constant(t) is not None for t in node.inputs):
+            continue
+        name = names[id(node)]
+        if any(p.search(name) for p in patterns):
+            continue
+        producers = [t.inputs[0] if t.inputs else None for t in node.inputs]
+        fusable = [
+            i for i, p in enumerate(producers)
+            if p is not None and p.op == "Conv" and names[id(p)] in quantized and len(node.inputs[i].outputs) == 1
+        ]
+        if not fusable:
+            continue
+        if len(fusable) == 2:  # both branches are convs: TensorRT fuses the later one, quantize the earlier
+            residual = min(fusable, key=lambda i: order[id(producers[i])])
+        else:
+            residual = 1 - fusable[0]
+        tensor = node.inputs[residual]
+        if not _is_float(tensor):
+            continue
+        plan.activations.setdefault(tensor.name, []).append((name, residual))
+        plan.residual_adds.append(name)

@@ -1,0 +1,147 @@
+"""Insert QuantizeLinear / DequantizeLinear nodes as a `QuantPlan` says.
+
+Activations (per-tensor, symmetric, zero point 0):
+    x_dq = DequantizeLinear(QuantizeLinear(x, s, 0), s, 0),  s = amax / 127 (INT8) or amax / 448 (FP8),
+shared by every consumer the plan lists; other consumers keep reading x.
+Weights are stored quantized (INT8 / FLOAT8E4M3FN per-channel, INT4 block-wise) behind a
+DequantizeLinear only, as TensorRT accepts pre-quantized weights:
+    W_dq = DequantizeLinear(W_q, s_c, axis=c)           or, INT4:  DequantizeLinear(W_q, S, axis=k, block_size=B)
+The float weight is kept only when a consumer outside the plan still reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from trtq.exporter.placement import QuantPlan, WeightSlot
+from trtq.exporter.weights import QuantizedWeight, quantize_int4_blockwise, quantize_per_channel
+
+__all__ = ["QMAX", "insert_qdq"]
+
+QMAX = {"int8": 127.0, "fp8": 448.0}
+_ZERO = {"int8": np.zeros((), np.int8), "fp8": np.zeros((), ml_dtypes.float8_e4m3fn)}
+
+
+def insert_qdq(
+    model: onnx.ModelProto,
+    plan: QuantPlan,
+    activation_amax: Mapping[str, float],
+    precision: str,
+    *,
+    block_size: int = 128,
+    opset: int,
+) -> tuple[onnx.ModelProto, dict[str, dict[str, Any]]]:
+    """Return the QDQ model and, per quantized tensor, the numbers chosen for it."""
+    graph = gs.import_onnx(model)
+    nodes = {n.name: n for n in graph.nodes}
+    tensors = graph.tensors()
+    report: dict[str, dict[str, Any]] = {}
+    int4: dict[str, np.ndarray] = {}
+    for name, consumers in sorted(plan.activations.items()):
+        amax = float(activation_amax[name])
+        dq = _activation_qdq(graph, tensors[name], amax, precision)
+        for node_name, index in consumers:
+            nodes[node_name].inputs[index] = dq
+        report[name] = {"kind": "activation", "amax": amax, "scale": float(dq.inputs[0].inputs[1].values),
+                        "consumers": sorted({c for c, _ in consumers})}
+    for slot, consumers in sorted(plan.weights.items(), key=lambda kv: (kv[0].tensor, kv[0].axis)):
+        weight = _constant_values(tensors[slot.tensor])
+        qw = _quantize_weight(weight, slot, precision, block_size)
+        dq = _weight_dq(graph, slot, qw, block_size)
+        if qw.values.dtype == ml_dtypes.int4:
+            int4[dq.inputs[0].inputs[0].name] = qw.values
+        for node_name, index in consumers:
+            nodes[node_name].inputs[index] = dq
+        report[slot.tensor] = _weight_report(slot, qw, weight.shape, precision, block_size, consumers)
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    graph.opset = opset
+    out = gs.export_onnx(graph, do_type_check=False)
+    _pack_int4(out, int4)
+    _copy_model_fields(model, out, opset)
+    return out, report
+
+
+def _activation_qdq(graph: gs.Graph, x: gs.Tensor, amax: float, precision: str) -> gs.Variable:
+    scale = gs.Constant(f"{x.name}_scale", np.asarray(max(amax, np.finfo(np.float32).tiny) / QMAX[precision],
+                                                       dtype=np.float32))
+    zero = gs.Constant(f"{x.name}_zero_point", _ZERO[precision])
+    q = gs.Variable(f"{x.name}_quantized", dtype=_ZERO[precision].dtype, shape=x.shape)
+    dq = gs.Variable(f"{x.name}_dequantized", dtype=np.float32, shape=x.shape)
+    graph.nodes.append(gs.Node("QuantizeLinear", f"{x.name}_QuantizeLinear", inputs=[x, scale, zero], outputs=[q]))
+    graph.nodes.append(gs.Node("DequantizeLinear", f"{x.name}_DequantizeLinear", inputs=[q, scale, zero],
+                               outputs=[dq]))
+    return dq
+
+
+def _constant_values(tensor: gs.Tensor) -> np.ndarray:
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    return np.asarray(tensor.inputs[0].attrs["value"].values)
+
+
+def _quantize_weight(w: np.ndarray, slot: WeightSlot, precision: str, block_size: int) -> QuantizedWeight:
+    if precision == "int4":
+        return quantize_int4_blockwise(w, slot.block_axis or 0, block_size)
+    return quantize_per_channel(w, None if slot.axis < 0 else slot.axis, precision)
+
+
+def _weight_dq(graph: gs.Graph, slot: WeightSlot, qw: QuantizedWeight, block_size: int) -> gs.Variable:
+    suffix = "" if slot.block_axis is None and slot.axis in (0, -1) else f"_axis{slot.axis}"
+    base = f"{slot.tensor}{suffix}"
+    # onnx-graphsurgeon does not pack INT4: export int8 placeholders, `_pack_int4` swaps them in.
+    stored = qw.values.astype(np.int8) if qw.values.dtype == ml_dtypes.int4 else qw.values
+    values = gs.Constant(f"{base}_quantized", stored)
+    scale = gs.Constant(f"{base}_scale", qw.scale)
+    dq = gs.Variable(f"{base}_dequantized", dtype=np.float32, shape=list(qw.values.shape))
+    attrs: dict[str, int] = {}
+    if slot.block_axis is not None:
+        attrs = {"axis": slot.block_axis, "block_size": block_size}
+    elif slot.axis >= 0:
+        attrs = {"axis": slot.axis}
+    graph.nodes.append(gs.Node("DequantizeLinear", f"{base}_DequantizeLinear", attrs=attrs,
+                               inputs=[values, scale], outputs=[dq]))
+    return dq
+
+
+def _pack_int4(model: onnx.ModelProto, int4: Mapping[str, np.ndarray]) -> None:
+    """Replace int8 placeholders by INT4 initializers (two per byte, low nibble first)."""
+    for init in model.graph.initializer:
+        if init.name in int4:
+            init.CopyFrom(onnx.numpy_helper.from_array(int4[init.name], init.name))
+
+
+def _weight_report(slot: WeightSlot, qw: QuantizedWeight, shape: tuple[int, ...], precision: str,
+                   block_size: int, consumers: list[tuple[str, int]]) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "kind": "weight",
+        "method": "max" if precision != "int4" else "mse-clip",
+        "shape": list(shape),
+        "axis": None if slot.axis < 0 else slot.axis,
+        "amax": np.round(qw.amax.astype(np.float64), 9).tolist(),
+        "scale": qw.scale.astype(np.float64).tolist(),
+        "consumers": sorted({c for c, _ in consumers}),
+    }
+    if slot.block_axis is not None:
+        entry.update(block_axis=slot.block_axis, block_size=block_size,
+                     clip_ratio=np.round(qw.clip_ratio, 4).tolist())
+    return entry
+
+
+def _copy_model_fields(src: onnx.ModelProto, dst: onnx.ModelProto, opset: int) -> None:
+    dst.ir_version = max(src.ir_version, 10 if opset >= 21 else 9 if opset >= 19 else src.ir_version)
+    dst.producer_name = "trtq"
+    from trtq._version import __version__
+
+    dst.producer_version = __version__
+    dst.model_version = src.model_version
+    del dst.metadata_props[:]
+    dst.metadata_props.extend(src.metadata_props)
+    for imp in dst.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            imp.version = opset

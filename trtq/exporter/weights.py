@@ -1,0 +1,88 @@
+"""Weight quantizers: per-channel INT8 / FP8, and block-wise INT4 with MSE-chosen clipping.
+
+- INT8: `s_c = max|W_c| / 127`, `W_q = clip(rint(W / s_c), -127, 127)` per output channel c.
+- FP8:  `s_c = max|W_c| / 448`, `W_q = e4m3(W / s_c)` (round to nearest even, saturating).
+- INT4: blocks of `B` weights along the reduction axis K; per block and output channel
+  `s = r* max|W_b| / 7`, `W_q = clip(rint(W_b / s), -8, 7)`, with the clip ratio r* in [0.5, 1]
+  chosen from a grid to minimise the block's squared error `||W_b - s W_q||²`.
+Scales are float32 and strictly positive (an all-zero channel gets the smallest normal float).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+
+__all__ = ["QuantizedWeight", "quantize_int4_blockwise", "quantize_per_channel"]
+
+_TINY = np.finfo(np.float32).tiny
+INT4_CLIP_GRID = np.linspace(0.5, 1.0, 26)
+
+
+@dataclass
+class QuantizedWeight:
+    """Quantized values (numpy, in their ONNX storage dtype), their scales, and what was chosen."""
+
+    values: np.ndarray
+    scale: np.ndarray
+    amax: np.ndarray
+    clip_ratio: np.ndarray | None = None
+
+
+def _channel_amax(w: np.ndarray, axis: int | None) -> np.ndarray:
+    if axis is None:
+        return np.asarray(np.abs(w).max(), dtype=np.float64)
+    others = tuple(i for i in range(w.ndim) if i != axis)
+    return np.abs(w).max(axis=others).astype(np.float64)
+
+
+def _broadcast(v: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
+    if axis is None:
+        return v
+    shape = [1] * ndim
+    shape[axis] = -1
+    return v.reshape(shape)
+
+
+def quantize_per_channel(w: np.ndarray, axis: int | None, precision: str) -> QuantizedWeight:
+    """Symmetric per-channel (axis) or per-tensor (axis None) INT8 / FP8 quantization of `w`."""
+    w64 = w.astype(np.float64)
+    amax = _channel_amax(w64, axis)
+    qmax = 448.0 if precision == "fp8" else 127.0
+    scale = np.maximum(amax / qmax, _TINY).astype(np.float32)
+    scaled = w64 / _broadcast(scale.astype(np.float64), w.ndim, axis)
+    if precision == "fp8":
+        values = np.clip(scaled, -qmax, qmax).astype(ml_dtypes.float8_e4m3fn)
+    else:
+        values = np.clip(np.rint(scaled), -qmax, qmax).astype(np.int8)
+    return QuantizedWeight(values, scale, amax)
+
+
+def quantize_int4_blockwise(w: np.ndarray, block_axis: int, block_size: int) -> QuantizedWeight:
+    """Block-wise symmetric INT4 of a 2-D weight along `block_axis`, with per-block MSE clipping.
+
+    Returns values shaped like `w` (ml_dtypes.int4) and scales shaped like `w` with the blocked
+    axis divided by `block_size`, as ONNX DequantizeLinear (opset 21, `block_size`) expects.
+    """
+    wt = w.astype(np.float64)
+    if block_axis == 1:
+        wt = wt.T
+    k, n = wt.shape
+    blocks = wt.reshape(k // block_size, block_size, n)  # [nb, B, N]
+    amax = np.abs(blocks).max(axis=1)  # [nb, N]
+    best_err = np.full(amax.shape, np.inf)
+    best_ratio = np.ones(amax.shape)
+    for ratio in INT4_CLIP_GRID:
+        s = np.maximum(amax * ratio / 7.0, _TINY)[:, None, :]
+        err = ((np.clip(np.rint(blocks / s), -8, 7) * s - blocks) ** 2).sum(axis=1)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_ratio = np.where(better, ratio, best_ratio)
+    scale = np.maximum(amax * best_ratio / 7.0, _TINY).astype(np.float32)
+    q = np.clip(np.rint(blocks / scale.astype(np.float64)[:, None, :]), -8, 7).reshape(k, n)
+    if block_axis == 1:
+        q, scale, amax, best_ratio = q.T, scale.T, amax.T, best_ratio.T
+    return QuantizedWeight(np.ascontiguousarray(q).astype(ml_dtypes.int4), np.ascontiguousarray(scale),
+                           amax, best_ratio)

@@ -1,0 +1,246 @@
+"""`trtq.quantize`: FP32 model + calibration data -> TensorRT-legal QDQ ONNX + sidecar report."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from trtq import _io
+from trtq._version import __version__
+from trtq.calibrators.data import open_batches
+from trtq.calibrators.methods import compute_amax
+from trtq.calibrators.stats import collect_stats
+from trtq.config import CalibConfig, QuantConfig, Target
+from trtq.errors import TrtqError
+from trtq.exporter.placement import QuantPlan, plan_quantization
+from trtq.exporter.qdq import insert_qdq
+
+__all__ = ["QuantizeResult", "quantize"]
+
+logger = logging.getLogger(__name__)
+
+# The lowest opset each precision needs: per-channel DQ (13), FP8 (19), INT4 with block_size (21).
+MIN_OPSET = {"int8": 13, "fp8": 19, "int4": 21}
+
+
+@dataclass
+class QuantizeResult:
+    """The quantized model, where it was written (if anywhere), the sidecar report, and wall time.
+
+    The report holds no timings, so equal inputs give a byte-identical sidecar.
+    """
+
+    model: onnx.ModelProto
+    report: dict[str, Any]
+    path: Path | None = None
+    report_path: Path | None = None
+    seconds: float = 0.0
+
+
+def quantize(
+    model: Any,
+    calib_data: Any = None,
+    output: str | os.PathLike[str] | None = None,
+    *,
+    precision: str | None = None,
+    calib_method: str | None = None,
+    exclude: tuple[str, ...] | list[str] | None = None,
+    seed: int | None = None,
+    target: str | Target | None = None,
+    config: QuantConfig | None = None,
+    example_inputs: Any = None,
+    progress: bool = True,
+) -> QuantizeResult:
+    """Quantize `model` for TensorRT and write `output` plus `<output stem>.trtq.json`.
+
+    Args:
+        model: an ONNX path, an `onnx.ModelProto`, or a `torch.nn.Module` (exported first; needs
+            `example_inputs`).
+        calib_data: calibration data: an .npz path, a dict of arrays, an iterable of
+            `{input_name: array}` batches, or an ONNX Runtime CalibrationDataReader. INT4
+            (weight-only) needs none.
+        output: where to write the QDQ model (None: return it without writing).
+        precision, calib_method, exclude, seed, target: shortcuts that override `config`.
+        config: the full `QuantConfig`.
+        example_inputs: inputs to trace a torch module with.
+        progress: show progress bars on stderr.
+
+    Returns:
+        QuantizeResult with the model, the report dict, and the written paths.
+    """
+    cfg = _resolve_config(config, precision, calib_method, exclude, seed, target)
+    started = time.perf_counter()
+    fp32, source = _load_input(model, example_inputs, output)
+    fp32 = _prepare(fp32, cfg)
+    plan = plan_quantization(fp32, cfg.precision, cfg.exclude, cfg.block_size)
+    if plan.empty:
+        raise TrtqError(
+            f"the model has no quantizable op for {cfg.precision.upper()} (Conv/ConvTranspose/Gemm/MatMul"
+            + (" with constant weights whose K is a multiple of the block size" if cfg.precision == "int4" else "")
+            + (f"; {len(plan.skipped)} excluded or skipped" if plan.skipped else "") + ").",
+            "check --exclude, or quantize a model that has convolutions or matrix multiplications.",
+        )
+    calib_report, amax = _calibrate(fp32, plan, calib_data, cfg, progress)
+    qmodel, tensors = insert_qdq(fp32, plan, amax, cfg.precision, block_size=cfg.block_size, opset=_opset(fp32))
+    for name, entry in tensors.items():
+        if entry["kind"] == "activation":
+            entry.update(calib_report[name])
+    report = _report(cfg, source, plan, tensors, calib_report)
+    if cfg.check:
+        report["check"] = _run_check(qmodel, cfg)
+    result = QuantizeResult(qmodel, report, seconds=time.perf_counter() - started)
+    if output is not None:
+        result.path = _io.save_model(qmodel, output)
+        result.report_path = _io.write_json(report, _io.sidecar_path(output))
+    return result
+
+
+def _resolve_config(config: QuantConfig | None, precision: str | None, calib_method: str | None,
+                    exclude: Any, seed: int | None, target: str | Target | None) -> QuantConfig:
+    cfg = config or QuantConfig(precision=precision or "int8")
+    changes: dict[str, Any] = {}
+    if precision is not None:
+        changes["precision"] = precision
+    if calib_method is not None:
+        changes["calib"] = dataclasses.replace(cfg.calib, method=calib_method)
+    if exclude is not None:
+        changes["exclude"] = tuple(exclude)
+    if seed is not None:
+        changes["seed"] = seed
+    if target is not None:
+        changes["target"] = target if isinstance(target, Target) else Target(target)
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def _load_input(model: Any, example_inputs: Any, output: Any) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if output is not None and Path(output).resolve() == path.resolve():
+            raise TrtqError(f"the output {output} would overwrite the input model.", "pass a different -o/--output.")
+        return _io.load_model(path), {"path": str(path), "sha256": _io.file_sha256(path)}
+    if isinstance(model, onnx.ModelProto):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return copy, {"path": None, "sha256": None}
+    if type(model).__module__.startswith("torch") or hasattr(model, "state_dict"):
+        return _export_torch(model, example_inputs), {"path": None, "sha256": None, "exported_from": type(model).__name__}
+    raise TrtqError(
+        f"cannot quantize a {type(model).__name__}.",
+        "pass an ONNX path, an onnx.ModelProto or a torch.nn.Module with example_inputs.",
+    )
+
+
+def _export_torch(module: Any, example_inputs: Any) -> onnx.ModelProto:
+    if example_inputs is None:
+        raise TrtqError("a torch module needs example inputs to be exported.", "pass example_inputs=(tensor, ...).")
+    from trtq.exporter.torch_export import export
+
+    with tempfile.TemporaryDirectory(prefix="trtq-export-") as scratch:
+        path = export(module, example_inputs, Path(scratch) / "model.onnx")
+        return _io.load_model(path)
+
+
+def _prepare(model: onnx.ModelProto, cfg: QuantConfig) -> onnx.ModelProto:
+    """Name unnamed nodes, raise the opset to what the precision needs, infer types."""
+    used = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in used:
+                name += "_"
+            node.name = name
+            used.add(name)
+    target = max(cfg.opset or 0, MIN_OPSET[cfg.precision], _opset(model))
+    if target != _opset(model):
+        model = _convert_opset(model, target)
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as exc:  # noqa: BLE001 - types are optional hints for placement
+        logger.warning("shape inference failed (%s); continuing without inferred types", exc)
+        return model
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, opset)
+    except Exception as exc:
+        raise TrtqError(
+            f"could not convert the model from opset {_opset(model)} to opset {opset} ({exc}).",
+            f"export the model with opset {opset} or newer (trtq.export(..., opset={opset})).",
+        ) from exc
+
+
+def _calibrate(model: onnx.ModelProto, plan: QuantPlan, data: Any, cfg: QuantConfig,
+               progress: bool) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    if not plan.activations:
+        return {}, {}
+    calib: CalibConfig = cfg.calib
+    batches = open_batches(data, model, batch_size=calib.batch_size, max_samples=calib.max_samples)
+    try:
+        stats = collect_stats(model, sorted(plan.activations), batches,
+                              histograms=calib.method != "minmax", num_bins=calib.num_bins, progress=progress)
+    finally:
+        batches.close()
+    amax: dict[str, float] = {}
+    report: dict[str, dict[str, Any]] = {}
+    for name, st in stats.items():
+        amax[name] = compute_amax(st, calib.method, cfg.precision, percentile=calib.percentile)
+        report[name] = {"method": calib.method, **st.to_dict()}
+    return report, amax
+
+
+def _run_check(model: onnx.ModelProto, cfg: QuantConfig) -> dict[str, Any]:
+    from trtq.exporter.check import check
+
+    result = check(model, target=cfg.target)
+    if result.errors:
+        raise TrtqError(
+            "the quantized graph breaks TensorRT rules:\n" + result.format(),
+            "exclude the nodes named above with --exclude, or choose a precision the target runs.",
+        )
+    return result.to_dict()
+
+
+def _report(cfg: QuantConfig, source: dict[str, Any], plan: QuantPlan, tensors: dict[str, dict[str, Any]],
+            calib: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    import onnxruntime
+
+    samples = max((c["samples"] for c in calib.values()), default=0)
+    excluded = {n: c["excluded_nonfinite"] for n, c in calib.items() if c["excluded_nonfinite"]}
+    return {
+        "trtq_report_version": 1,
+        "versions": {"trtq": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                     "numpy": np.__version__, "python": platform.python_version()},
+        "input": source,
+        "config": cfg.to_dict(),
+        "summary": {
+            "precision": cfg.precision,
+            "quantized_nodes": len(plan.quantized_nodes),
+            "activation_qdq": sum(1 for t in tensors.values() if t["kind"] == "activation"),
+            "weights_quantized": sum(1 for t in tensors.values() if t["kind"] == "weight"),
+            "residual_adds_quantized": len(plan.residual_adds),
+            "skipped_nodes": len(plan.skipped),
+            "calibration_samples": samples,
+            "tensors_with_nonfinite_excluded": excluded,
+        },
+        "quantized_nodes": plan.quantized_nodes,
+        "residual_adds": plan.residual_adds,
+        "skipped": plan.skipped,
+        "tensors": tensors,
+    }
