@@ -25,7 +25,7 @@ from trtq.errors import TrtqError
 from trtq.exporter.placement import QuantPlan, plan_quantization
 from trtq.exporter.qdq import insert_qdq
 
-__all__ = ["QuantizeResult", "quantize"]
+__all__ = ["QuantizeResult", "calibrate", "quantize"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,35 @@ def quantize(
         result.path = _io.save_model(qmodel, output)
         result.report_path = _io.write_json(report, _io.sidecar_path(output))
     return result
+
+
+def calibrate(
+    model: Any,
+    calib_data: Any,
+    *,
+    precision: str | None = None,
+    calib_method: str | None = None,
+    exclude: tuple[str, ...] | list[str] | None = None,
+    config: QuantConfig | None = None,
+    example_inputs: Any = None,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """The activation ranges `quantize` would use, without writing a model.
+
+    Returns:
+        tensor name -> {"method", "amax", "scale", "samples", "excluded_nonfinite", "min", "max", ...}
+        for every activation tensor TensorRT's placement rules quantize.
+    """
+    from trtq.exporter.qdq import QMAX
+
+    cfg = _resolve_config(config, precision, calib_method, exclude, None, None)
+    if cfg.precision == "int4":
+        raise TrtqError("INT4 is weight-only: it has no activation ranges to calibrate.", "use int8 or fp8.")
+    fp32, _ = _load_input(model, example_inputs, None)
+    fp32 = _prepare(fp32, cfg)
+    plan = plan_quantization(fp32, cfg.precision, cfg.exclude, cfg.block_size)
+    report, amax = _calibrate(fp32, plan, calib_data, cfg, progress)
+    return {n: {**report[n], "amax": amax[n], "scale": amax[n] / QMAX[cfg.precision]} for n in sorted(report)}
 
 
 def _resolve_config(config: QuantConfig | None, precision: str | None, calib_method: str | None,

@@ -1,0 +1,156 @@
+"""Fidelity and ONNX Runtime CPU latency of quantized graphs against their FP32 graph.
+
+Run as one process (in the trtq venv) over a jobs file; it appends one JSON line per graph to the
+results file as soon as that graph is done, after a "started" line, so the caller can tell which
+graph took the process down if ONNX Runtime crashes on one.
+
+Fidelity on the evaluation .npz, in batches:
+- effnet (class logits): SQNR of the logits over all samples, top-1 agreement with FP32;
+- minilm (last_hidden_state): sentence embeddings by mean pooling under the attention mask (as
+  sentence-transformers does), their mean cosine to FP32 and their SQNR.
+Latency: median over N timed runs (after warm-up) of one batch; the FP32 graph is timed with the
+same SessionOptions as the quantized one. Graph optimisations stay on (ORT_ENABLE_ALL) unless the
+graph fails to load or run with them; then both are timed with ORT_DISABLE_ALL and the row says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+OPT_LEVELS = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+
+
+def session(path: str, opt: str, threads: int) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = OPT_LEVELS[opt]
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def batches(data: dict[str, np.ndarray], size: int):
+    n = len(next(iter(data.values())))
+    for i in range(0, n, size):
+        yield {k: v[i : i + size] for k, v in data.items()}
+
+
+def infer(sess: ort.InferenceSession, data: dict[str, np.ndarray], batch: int) -> np.ndarray:
+    names = {i.name for i in sess.get_inputs()}
+    return np.concatenate([sess.run(None, {k: v for k, v in b.items() if k in names})[0]
+                           for b in batches(data, batch)])
+
+
+def latency_ms(sess: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int, warmup: int = 3) -> float:
+    names = {i.name for i in sess.get_inputs()}
+    feed = {k: v for k, v in feed.items() if k in names}
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times)
+
+
+def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    noise = np.sum((ref.astype(np.float64) - test) ** 2)
+    if not np.isfinite(noise):
+        return float("nan")
+    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / noise))
+
+
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    m = mask[..., None].astype(np.float64)
+    return (hidden * m).sum(1) / np.clip(m.sum(1), 1e-9, None)
+
+
+def fidelity(model: str, ref: np.ndarray, out: np.ndarray, data: dict[str, np.ndarray]) -> dict:
+    if model == "effnet":
+        return {"sqnr_db": sqnr_db(ref, out), "top1_agree": float(np.mean(ref.argmax(1) == out.argmax(1)))}
+    a, b = mean_pool(ref, data["attention_mask"]), mean_pool(out, data["attention_mask"])
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return {"sqnr_db": sqnr_db(a, b), "cosine": float(np.mean(cos)), "cosine_min": float(np.min(cos))}
+
+
+def qdq_counts(path: str) -> dict:
+    ops = Counter(n.op_type for n in onnx.load(path, load_external_data=False).graph.node)
+    return {"q_nodes": ops["QuantizeLinear"], "dq_nodes": ops["DequantizeLinear"]}
+
+
+class Model:
+    """The FP32 reference of one model: evaluation data, outputs, and latency per optimisation level."""
+
+    def __init__(self, name: str, fp32: str, eval_npz: str, args: argparse.Namespace):
+        self.name, self.fp32, self.args = name, fp32, args
+        with np.load(eval_npz) as z:
+            self.data = {k: z[k] for k in z.files}
+        self.feed = {k: v[: args.batch] for k, v in self.data.items()}
+        self.ref = infer(session(fp32, "all", args.threads), self.data, args.batch)
+        self._latency: dict[str, float] = {}
+
+    def fp32_latency(self, opt: str) -> float:
+        if opt not in self._latency:
+            self._latency[opt] = latency_ms(session(self.fp32, opt, self.args.threads), self.feed, self.args.runs)
+        return self._latency[opt]
+
+
+def evaluate(model: Model, path: str, args: argparse.Namespace) -> dict:
+    errors = []
+    for opt in ("all", "none"):
+        try:
+            sess = session(path, opt, args.threads)
+            out = infer(sess, model.data, args.batch)
+        except Exception as exc:  # noqa: BLE001 - a graph ORT rejects is a finding, not a bench failure
+            errors.append(f"ORT_{'ENABLE' if opt == 'all' else 'DISABLE'}_ALL: {type(exc).__name__}: {exc}"[:600])
+            continue
+        row = {"ort_opt": opt, **fidelity(model.name, model.ref, out, model.data), **qdq_counts(path)}
+        row["latency_ms"] = latency_ms(sess, model.feed, args.runs)
+        row["fp32_latency_ms"] = model.fp32_latency(opt)
+        if errors:
+            row["load_error"] = errors[0]
+        return row
+    return {"load_error": " | ".join(errors), **qdq_counts(path)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("jobs", help="JSON: {models: {name: {fp32, eval}}, rows: [{key, model, path}]}")
+    p.add_argument("results", help="JSON-lines file to append to")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    jobs = json.loads(Path(args.jobs).read_text())
+    models: dict[str, Model] = {}
+    with open(args.results, "a") as log:
+        def emit(rec: dict) -> None:
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+
+        for row in jobs["rows"]:
+            name = row["model"]
+            emit({"key": row["key"], "status": "started"})
+            if name not in models:
+                models[name] = Model(name, jobs["models"][name]["fp32"], jobs["models"][name]["eval"], args)
+            if row["path"] is None:  # the FP32 graph itself: latency only
+                rec = {"ort_opt": "all", "fp32_latency_ms": models[name].fp32_latency("all")}
+            else:
+                rec = evaluate(models[name], row["path"], args)
+            emit({"key": row["key"], "status": "done", **rec})
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
