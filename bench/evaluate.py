@@ -144,11 +144,7 @@ def main() -> None:
             emit({"key": row["key"], "status": "started"})
             if name not in models:
                 models[name] = Model(name, jobs["models"][name]["fp32"], jobs["models"][name]["eval"], args)
-            if row["path"] is None:  # the FP32 graph itself: latency only
-                rec = {"ort_opt": "all", "fp32_latency_ms": models[name].fp32_latency("all")}
-            else:
-                rec = evaluate(models[name], row["path"], args)
-            emit({"key": row["key"], "status": "done", **rec})
+            emit({"key": row["key"], "status": "done", **evaluate(models[name], row["path"], args)})
     sys.exit(0)
 
 

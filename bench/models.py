@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 OPSET = 17
@@ -98,15 +99,21 @@ def export(model: str, out_dir: Path, *, seq_len: int = 128) -> str:
         return str(path)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         tmp_path = Path(tmp) / path.name
-        if model == "effnet":
-            _export_effnet(tmp_path)
-        elif model == "minilm":
-            _export_minilm(tmp_path, seq_len)
-        else:
-            raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
+        with warnings.catch_warnings():  # the exporters' tracer warnings are expected here
+            warnings.simplefilter("ignore")
+            _export(model, tmp_path, seq_len)
         _check_single_file(tmp_path)
         tmp_path.replace(path)
     return str(path)
+
+
+def _export(model: str, path: Path, seq_len: int) -> None:
+    if model == "effnet":
+        _export_effnet(path)
+    elif model == "minilm":
+        _export_minilm(path, seq_len)
+    else:
+        raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
 
 
 def _check_single_file(path: Path) -> None:

@@ -75,6 +75,7 @@ def make_session(
     outputs: Sequence[str] = (),
     optimize: bool | None = None,
     threads: int | None = None,
+    exact_qdq: bool = False,
 ):
     """An ORT CPU session for `model`, exposing `outputs` besides the graph outputs.
 
@@ -84,6 +85,10 @@ def make_session(
         optimize: run ORT's graph optimisations (None: on, unless the graph holds FP8/INT4 tensors,
             whose QDQ fusions ORT's CPU optimisers do not handle).
         threads: intra-op threads (None: ORT's default).
+        exact_qdq: run activation Q/DQ exactly as written (overrides `optimize`): basic optimisations
+            only, with ORT's QDQ fusions off ("session.disable_quant_qdq"). Weight DQs are still
+            constant-folded, so results depend neither on the batch size nor on `outputs`; full
+            optimisation would swap in ORT's own INT8 / INT4 kernels (e.g. MatMulNBits).
     """
     import onnxruntime as ort
 
@@ -95,6 +100,9 @@ def make_session(
     opts.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
+    if exact_qdq:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
     if threads:
         opts.intra_op_num_threads = threads
     if model.ByteSize() < 2**31 - 1:

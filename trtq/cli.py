@@ -78,7 +78,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
         print(f"non-finite values excluded from ranges: {s['tensors_with_nonfinite_excluded']}")
     check = result.report.get("check")
     if check:
-        print(f"check: {check['summary']}")
+        print("check: " + ", ".join(f"{n} {k}" for k, n in check["counts"].items()))
     print(f"report: {result.report_path}")
     return 0
 

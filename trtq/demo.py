@@ -91,7 +91,7 @@ def run_demo(out: str | Path, *, precision: str = "int8", calib_method: str | No
                       target="hopper" if precision == "fp8" else None, progress=False)
     s = result.report["summary"]
     print(f"[3/4] quantized to {qpath} ({s['quantized_nodes']} ops, {s['activation_qdq']} activation Q/DQ, "
-          f"check: {result.report.get('check', {}).get('summary', 'skipped')}); report {result.report_path}")
+          f"check: {result.report.get('check', {}).get('counts', 'skipped')}); report {result.report_path}")
     report = compare(fp32, qpath, out / "eval.npz")
     print(f"[4/4] FP32 vs {precision.upper()} on {len(x_test)} held-out digits:")
     print(report.format(top=5))

@@ -172,10 +172,19 @@ def _load_input(model: Any, example_inputs: Any, output: Any) -> tuple[onnx.Mode
 def _export_torch(module: Any, example_inputs: Any) -> onnx.ModelProto:
     if example_inputs is None:
         raise TrtqError("a torch module needs example inputs to be exported.", "pass example_inputs=(tensor, ...).")
+    import inspect
+
     from trtq.exporter.torch_export import export
 
+    if isinstance(example_inputs, dict):
+        names = list(example_inputs)
+    else:
+        count = len(example_inputs) if isinstance(example_inputs, (tuple, list)) else 1
+        names = list(inspect.signature(module.forward).parameters)[:count]
     with tempfile.TemporaryDirectory(prefix="trtq-export-") as scratch:
-        path = export(module, example_inputs, Path(scratch) / "model.onnx")
+        # the batch axis stays dynamic so calibration batches of any size fit
+        path = export(module, example_inputs, Path(scratch) / "model.onnx", input_names=names,
+                      dynamic_axes={n: {0: "batch"} for n in names})
         return _io.load_model(path)
 
 

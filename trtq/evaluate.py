@@ -1,0 +1,525 @@
+"""Fidelity of a quantized graph against its FP32 original: SQNR, cosine and top-1, per output and per layer."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from trtq._io import load_model, write_json
+from trtq._ort import make_session, tensor_types
+from trtq.calibrators.data import Batch, BatchStream, InputSpec, model_inputs
+from trtq.errors import TrtqError
+
+__all__ = ["SQNR_CAP_DB", "CompareReport", "OutputMetrics", "TensorMetrics", "compare"]
+
+logger = logging.getLogger(__name__)
+
+# SQNR of identical tensors (+) or of a candidate with NaN/inf where the reference is finite (-).
+# float32 round-off alone stays below ~150 dB, so the cap never hides a real difference.
+SQNR_CAP_DB = 200.0
+
+_NAME_WIDTH = 48
+_QDQ_DOMAINS = ("", "ai.onnx", "com.microsoft")
+_SAME_MODEL_FIX = "compare a quantized model with the FP32 model it was made from."
+
+
+@dataclass(frozen=True)
+class OutputMetrics:
+    """How closely one graph output of the candidate follows the reference, over all samples.
+
+    Attributes:
+        name: the graph output.
+        sqnr_db: 10·log10(Σref² / Σ(ref−cand)²), capped at ±`SQNR_CAP_DB` (+cap: identical).
+        cosine: mean over samples of the cosine similarity of the flattened sample.
+        max_abs_error: the largest |ref − cand|.
+        top1_agreement: fraction of samples whose argmax over the last axis agrees, for outputs that
+            look like class scores (rank 2, float, last dim ≥ 2); None for other outputs.
+        excluded: reference values that are not finite (masks); left out of every metric.
+        nonfinite: candidate values that are NaN/inf where the reference is finite; any makes
+            `sqnr_db` -`SQNR_CAP_DB`, and they are left out of the other metrics.
+    """
+
+    name: str
+    sqnr_db: float
+    cosine: float
+    max_abs_error: float
+    top1_agreement: float | None
+    excluded: int = 0
+    nonfinite: int = 0
+
+
+@dataclass(frozen=True)
+class TensorMetrics:
+    """The error at one quantized activation: a QuantizeLinear of the candidate and its DequantizeLinear.
+
+    Attributes:
+        name: the quantized FP32 tensor (the Q input), present under this name in both graphs.
+        dequantized: the candidate's DequantizeLinear output.
+        precision: the quantized element type (int8, uint8, float8e4m3fn, ...).
+        consumers: the candidate nodes that read the dequantized tensor, as "OpType name".
+        sqnr_db: DQ output vs the reference's FP32 tensor: the error accumulated up to this layer.
+        local_sqnr_db: DQ output vs the Q input within the candidate: the noise of this Q/DQ alone.
+        excluded: reference values that are not finite; left out.
+        nonfinite: dequantized values that are NaN/inf where the reference is finite.
+    """
+
+    name: str
+    dequantized: str
+    precision: str
+    consumers: tuple[str, ...]
+    sqnr_db: float
+    local_sqnr_db: float
+    excluded: int = 0
+    nonfinite: int = 0
+
+
+@dataclass
+class CompareReport:
+    """What `compare` measured: graph outputs, quantized tensors (worst SQNR first), samples seen."""
+
+    outputs: list[OutputMetrics]
+    tensors: list[TensorMetrics]
+    samples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (every number finite; SQNR of identical tensors is `SQNR_CAP_DB`)."""
+        return {
+            "samples": self.samples,
+            "sqnr_cap_db": SQNR_CAP_DB,
+            "outputs": [dataclasses.asdict(o) for o in self.outputs],
+            "tensors": [{**dataclasses.asdict(t), "consumers": list(t.consumers)} for t in self.tensors],
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write `to_dict()` as JSON, atomically."""
+        return write_json(self.to_dict(), path)
+
+    def format(self, top: int = 20) -> str:
+        """A fixed-width table: the outputs, then the `top` quantized tensors with the worst SQNR."""
+        lines = [
+            f"trtq compare: {self.samples} samples, {len(self.outputs)} outputs, "
+            f"{len(self.tensors)} quantized tensors (SQNR in dB, higher is better)"
+        ]
+        header = ["output", "SQNR dB", "cosine", "max abs err", "top-1"]
+        lines += _table(header, [_output_row(o) for o in self.outputs], "<>>>>")
+        if self.tensors and top > 0:
+            shown = self.tensors[:top]
+            lines += ["", f"worst {len(shown)} of {len(self.tensors)} quantized tensors by SQNR vs FP32 "
+                      "(local: the noise of that Q/DQ alone)"]
+            header = ["tensor", "type", "SQNR dB", "local dB", "read by"]
+            lines += _table(header, [_tensor_row(t) for t in shown], "<<>><")
+        return "\n".join(lines + _notes(self))
+
+
+def compare(
+    reference: onnx.ModelProto | str | os.PathLike[str],
+    candidate: onnx.ModelProto | str | os.PathLike[str],
+    data: Any,
+    *,
+    batch_size: int = 8,
+    max_samples: int | None = None,
+    per_tensor: bool = True,
+) -> CompareReport:
+    """Run both graphs in ONNX Runtime CPU on the same batches and measure how far the candidate strays.
+
+    Metrics stream: each batch is reduced to sums and dropped, so memory does not grow with the
+    number of samples; it holds one batch of every compared tensor (per quantized activation: the
+    reference tensor, the Q input and the DQ output), so lower `batch_size` for large models.
+    Both graphs run with `make_session(exact_qdq=True)`: activation Q/DQ run exactly as written and
+    weight DQs are constant-folded, so the numbers depend neither on the batch size nor on the
+    tensors exposed per layer. (ORT's full optimisation would swap in its own INT8 / INT4 kernels,
+    e.g. MatMulNBits, which quantizes activations to int8, and TensorRT runs neither.)
+
+    Args:
+        reference: the FP32 model (ModelProto or path).
+        candidate: the quantized model (ModelProto or path), with the same inputs and outputs.
+        data: evaluation data: an .npz path, a dict of arrays, an iterable of batches, or a
+            CalibrationDataReader (see `trtq.calibrators.data`).
+        batch_size: samples per batch when trtq slices arrays itself.
+        max_samples: stop after this many samples (None: all).
+        per_tensor: also measure every quantized activation (the candidate's Q/DQ pairs whose input
+            tensor exists in the reference); weights are not part of this.
+
+    Returns:
+        A `CompareReport`; its `tensors` are sorted worst SQNR first.
+
+    Raises:
+        TrtqError: a model cannot be read or run, the models' inputs or outputs differ, or the data
+            does not match the inputs.
+    """
+    _check_counts(batch_size, max_samples)
+    ref, cand = _load(reference, "reference"), _load(candidate, "candidate")
+    inputs = _common_inputs(ref, cand)
+    outputs = _common_outputs(ref, cand)
+    probes = _find_probes(ref, cand) if per_tensor else []
+    ref_run = _Runner(ref, "reference", [p.name for p in probes])
+    cand_run = _Runner(cand, "candidate", [n for p in probes for n in (p.name, p.dequantized)])
+    acc = _Accumulator(outputs, probes)
+    stream = BatchStream(data, inputs, batch_size=batch_size, max_samples=max_samples, what="evaluation")
+    try:
+        for batch in stream:
+            acc.add(batch, ref_run(batch), cand_run(batch))
+    finally:
+        stream.close()
+    report = acc.report()
+    logger.info("compare: %d samples, %d outputs, %d quantized tensors", report.samples, len(outputs), len(probes))
+    return report
+
+
+# --- inputs -------------------------------------------------------------------------------------
+
+
+def _check_counts(batch_size: int, max_samples: int | None) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise TrtqError(f"batch size {batch_size!r} is not a positive integer.", "pass --batch-size 1 or more.")
+    if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
+        raise TrtqError(f"max samples {max_samples!r} is not a positive integer.", "pass --max-samples 1 or more.")
+
+
+def _load(model: Any, role: str) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model)
+    raise TrtqError(
+        f"the {role} model is a {type(model).__name__}, not an ONNX model.",
+        "pass an onnx.ModelProto or the path of an .onnx file.",
+    )
+
+
+def _common_inputs(ref: onnx.ModelProto, cand: onnx.ModelProto) -> list[InputSpec]:
+    """The inputs both models take, with each dimension that either model fixes."""
+    r = {s.name: s for s in model_inputs(ref)}
+    c = {s.name: s for s in model_inputs(cand)}
+    if set(r) != set(c):
+        raise TrtqError(
+            f"the models take different inputs: reference {sorted(r)}, candidate {sorted(c)}.", _SAME_MODEL_FIX
+        )
+    return [_merge_input(r[name], c[name]) for name in r]
+
+
+def _merge_input(a: InputSpec, b: InputSpec) -> InputSpec:
+    clash = a.dtype != b.dtype or len(a.shape) != len(b.shape)
+    clash = clash or any(x is not None and y is not None and x != y for x, y in zip(a.shape, b.shape))
+    if clash:
+        raise TrtqError(
+            f"input {a.name!r} differs: reference {a.describe()}, candidate {b.describe()}.", _SAME_MODEL_FIX
+        )
+    return InputSpec(a.name, a.dtype, tuple(x if x is not None else y for x, y in zip(a.shape, b.shape)))
+
+
+def _common_outputs(ref: onnx.ModelProto, cand: onnx.ModelProto) -> list[str]:
+    r = [o.name for o in ref.graph.output]
+    c = [o.name for o in cand.graph.output]
+    if set(r) != set(c):
+        raise TrtqError(
+            f"the models have different outputs: reference {sorted(r)}, candidate {sorted(c)}.", _SAME_MODEL_FIX
+        )
+    return r
+
+
+# --- finding the quantized activations ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """A quantized activation: the Q input (named alike in both graphs) and the candidate's DQ output."""
+
+    name: str
+    dequantized: str
+    precision: str
+    consumers: tuple[str, ...]
+
+
+def _find_probes(ref: onnx.ModelProto, cand: onnx.ModelProto) -> list[_Probe]:
+    """Every Q of the candidate on a non-constant tensor the reference also computes, with its DQ."""
+    known = _activations(ref)
+    constants = _constants(cand)
+    readers = _readers(cand.graph)
+    types = tensor_types(cand)
+    probes = []
+    for q in cand.graph.node:
+        if not _is_op(q, "QuantizeLinear") or q.input[0] in constants or q.input[0] not in known:
+            continue
+        dq = next((n for n in readers.get(q.output[0], []) if _is_op(n, "DequantizeLinear")), None)
+        if dq is None:
+            logger.debug("QuantizeLinear %s has no DequantizeLinear reader; skipped", q.name)
+            continue
+        consumers = tuple(f"{n.op_type} {n.name}".strip() for n in readers.get(dq.output[0], []))
+        probes.append(_Probe(q.input[0], dq.output[0], _precision(q, types), consumers))
+    return probes
+
+
+def _activations(model: onnx.ModelProto) -> set[str]:
+    """Names of the tensors a graph computes or takes as data (node outputs and graph inputs)."""
+    names = {o for n in model.graph.node for o in n.output if o} | {i.name for i in model.graph.input}
+    return names - {init.name for init in model.graph.initializer}
+
+
+def _constants(model: onnx.ModelProto) -> set[str]:
+    consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return consts | {init.name for init in model.graph.initializer}
+
+
+def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in dict.fromkeys(node.input):
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
+def _is_op(node: onnx.NodeProto, op_type: str) -> bool:
+    return node.op_type == op_type and node.domain in _QDQ_DOMAINS
+
+
+def _precision(q: onnx.NodeProto, types: dict[str, int]) -> str:
+    """The Q's output type: `output_dtype`, else the zero point's type, else uint8 (the ONNX default)."""
+    elem = next((a.i for a in q.attribute if a.name == "output_dtype" and a.i), None)
+    if elem is None and len(q.input) > 2 and q.input[2]:
+        elem = types.get(q.input[2])
+    return onnx.TensorProto.DataType.Name(elem or onnx.TensorProto.UINT8).lower()
+
+
+# --- running ------------------------------------------------------------------------------------
+
+
+class _Runner:
+    """One ORT session returning the graph outputs and the requested tensors (and the feed) by name."""
+
+    def __init__(self, model: onnx.ModelProto, role: str, tensors: list[str]) -> None:
+        graph_inputs = {i.name for i in model.graph.input}
+        extra = [t for t in dict.fromkeys(tensors) if t not in graph_inputs]
+        self._role = role
+        try:
+            self._session = make_session(model, outputs=extra, exact_qdq=True)
+        except Exception as exc:  # ORT raises its own exception types for unloadable graphs
+            raise TrtqError(
+                f"ONNX Runtime cannot load the {role} model: {_first_line(exc)}",
+                "run `trtq check` on it, or load it in onnxruntime to see which node fails.",
+            ) from exc
+        self._names = [o.name for o in self._session.get_outputs()]
+
+    def __call__(self, batch: Batch) -> dict[str, np.ndarray]:
+        try:
+            values = self._session.run(self._names, batch)
+        except Exception as exc:
+            raise TrtqError(
+                f"ONNX Runtime failed to run the {self._role} model on an evaluation batch: "
+                f"{_first_line(exc)}",
+                "give the data the shapes the model was exported for.",
+            ) from exc
+        return {**batch, **dict(zip(self._names, values))}
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --- streaming metrics --------------------------------------------------------------------------
+
+
+@dataclass
+class _Pair:
+    """A reference and a candidate array (float32 or float64), non-finite positions zeroed in both."""
+
+    ref: np.ndarray
+    cand: np.ndarray
+    excluded: int
+    nonfinite: int
+
+
+def _real(a: np.ndarray) -> np.ndarray:
+    """float32 and float64 as they are (sums are taken in float64 anyway); other types as float64."""
+    return a if a.dtype in (np.float32, np.float64) else np.asarray(a, dtype=np.float64)
+
+
+def _pair(ref: np.ndarray, cand: np.ndarray) -> _Pair:
+    r, c = _real(ref), _real(cand)
+    finite_r, finite_c = np.isfinite(r), np.isfinite(c)
+    if finite_r.all() and finite_c.all():
+        return _Pair(r, c, 0, 0)
+    keep = finite_r & finite_c
+    excluded = int(r.size - np.count_nonzero(finite_r))
+    nonfinite = int(np.count_nonzero(finite_r & ~finite_c))
+    return _Pair(np.where(keep, r, 0), np.where(keep, c, 0), excluded, nonfinite)
+
+
+def _sum_sq(a: np.ndarray) -> float:
+    """Σa² with float64 products and accumulation: exact per element, so independent of batching."""
+    return float(np.einsum("i,i->", a.ravel(), a.ravel(), dtype=np.float64))
+
+
+def _difference(pair: _Pair) -> np.ndarray:
+    diff = pair.ref - pair.cand
+    if diff.dtype != np.float64 and not np.isfinite(diff).all():  # float32 overflow (dtype-min masks)
+        diff = np.subtract(pair.ref, pair.cand, dtype=np.float64)
+    return diff
+
+
+class _ErrorSums:
+    """Σref², Σ(ref−cand)², max |ref−cand| and non-finite counts, accumulated batch by batch."""
+
+    def __init__(self) -> None:
+        self.ref2 = 0.0
+        self.err2 = 0.0
+        self.max_abs = 0.0
+        self.excluded = 0
+        self.nonfinite = 0
+
+    def add(self, pair: _Pair) -> None:
+        diff = _difference(pair)
+        self.ref2 += _sum_sq(pair.ref)
+        self.err2 += _sum_sq(diff)
+        self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)), -float(diff.min(initial=0.0)))
+        self.excluded += pair.excluded
+        self.nonfinite += pair.nonfinite
+
+    def sqnr_db(self) -> float:
+        if self.nonfinite or (self.ref2 == 0.0 and self.err2 > 0.0):
+            return -SQNR_CAP_DB
+        if self.err2 == 0.0:
+            return SQNR_CAP_DB
+        return min(max(10.0 * math.log10(self.ref2 / self.err2), -SQNR_CAP_DB), SQNR_CAP_DB)
+
+
+class _SampleSums:
+    """Σ per-sample cosine and top-1 agreements, accumulated batch by batch."""
+
+    def __init__(self) -> None:
+        self.cosine = 0.0
+        self.rows = 0
+        self.top1_hits = 0
+        self.top1_rows: int | None = None  # None: the output does not look like class scores
+
+    def add(self, pair: _Pair, ref: np.ndarray, cand: np.ndarray, samples: int) -> None:
+        rows = samples if pair.ref.ndim and pair.ref.shape[0] == samples else 1
+        r, c = pair.ref.reshape(rows, -1), pair.cand.reshape(rows, -1)
+        self.cosine += float(_row_cosines(r, c).sum())
+        self.rows += rows
+        if ref.ndim == 2 and ref.dtype.kind == "f" and ref.shape[-1] >= 2:
+            hits = np.count_nonzero(np.argmax(ref, axis=-1) == np.argmax(cand, axis=-1))
+            self.top1_hits += int(hits)
+            self.top1_rows = (self.top1_rows or 0) + ref.shape[0]
+
+    def top1(self) -> float | None:
+        return None if not self.top1_rows else self.top1_hits / self.top1_rows
+
+
+def _row_cosines(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Cosine of each row pair (float64 sums); 1 where both rows are zero, 0 where only one is."""
+    dot = np.einsum("ij,ij->i", r, c, dtype=np.float64)
+    rr = np.einsum("ij,ij->i", r, r, dtype=np.float64)
+    cc = np.einsum("ij,ij->i", c, c, dtype=np.float64)
+    norms = np.sqrt(rr) * np.sqrt(cc)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = np.where(norms > 0, dot / norms, 0.0)
+    return np.where((rr == 0) & (cc == 0), 1.0, np.clip(cos, -1.0, 1.0))
+
+
+class _Accumulator:
+    """Reduces each batch of both graphs' tensors to the sums behind the report, then drops it."""
+
+    def __init__(self, outputs: list[str], probes: list[_Probe]) -> None:
+        self._outputs = {name: (_ErrorSums(), _SampleSums()) for name in outputs}
+        self._probes = {p: (_ErrorSums(), _ErrorSums()) for p in probes}
+        self._skipped: set[_Probe] = set()
+        self.samples = 0
+
+    def add(self, batch: Batch, ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]) -> None:
+        first = next(iter(batch.values()))
+        n = first.shape[0] if first.ndim else 1
+        self.samples += n
+        for name, (errors, per_sample) in self._outputs.items():
+            r, c = ref[name], cand[name]
+            if r.shape != c.shape:
+                raise TrtqError(
+                    f"output {name!r} has shape {r.shape} in the reference but {c.shape} in the candidate.",
+                    _SAME_MODEL_FIX,
+                )
+            pair = _pair(r, c)
+            errors.add(pair)
+            per_sample.add(pair, r, c, n)
+        for probe, (cumulative, local) in self._probes.items():
+            self._add_probe(probe, ref[probe.name], cand[probe.name], cand[probe.dequantized], cumulative, local)
+
+    def _add_probe(self, probe: _Probe, ref: np.ndarray, q_in: np.ndarray, dq: np.ndarray,
+                   cumulative: _ErrorSums, local: _ErrorSums) -> None:
+        if probe in self._skipped or ref.shape != dq.shape or q_in.shape != dq.shape:
+            if probe not in self._skipped:
+                logger.warning("tensor %s: shapes %s (reference) and %s (dequantized) differ; not compared",
+                               probe.name, ref.shape, dq.shape)
+            self._skipped.add(probe)
+            return
+        cumulative.add(_pair(ref, dq))
+        local.add(_pair(q_in, dq))
+
+    def report(self) -> CompareReport:
+        outputs = [
+            OutputMetrics(name, e.sqnr_db(), s.cosine / max(s.rows, 1), e.max_abs, s.top1(), e.excluded, e.nonfinite)
+            for name, (e, s) in self._outputs.items()
+        ]
+        tensors = [
+            TensorMetrics(p.name, p.dequantized, p.precision, p.consumers, cum.sqnr_db(), loc.sqnr_db(),
+                          cum.excluded, cum.nonfinite)
+            for p, (cum, loc) in self._probes.items()
+            if p not in self._skipped
+        ]
+        tensors.sort(key=lambda t: (t.sqnr_db, t.local_sqnr_db, t.name, t.dequantized))
+        return CompareReport(outputs, tensors, self.samples)
+
+
+# --- formatting ---------------------------------------------------------------------------------
+
+
+def _db(value: float) -> str:
+    if value >= SQNR_CAP_DB:
+        return f">={SQNR_CAP_DB:.0f}"
+    if value <= -SQNR_CAP_DB:
+        return f"<=-{SQNR_CAP_DB:.0f}"
+    return f"{value:.2f}"
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= _NAME_WIDTH else "..." + name[-(_NAME_WIDTH - 3):]
+
+
+def _output_row(o: OutputMetrics) -> list[str]:
+    top1 = "-" if o.top1_agreement is None else f"{o.top1_agreement:.4f}"
+    return [_short(o.name), _db(o.sqnr_db), f"{o.cosine:.6f}", f"{o.max_abs_error:.4g}", top1]
+
+
+def _tensor_row(t: TensorMetrics) -> list[str]:
+    reader = t.consumers[0] if t.consumers else "-"
+    if len(t.consumers) > 1:
+        reader += f" (+{len(t.consumers) - 1})"
+    return [_short(t.name), t.precision, _db(t.sqnr_db), _db(t.local_sqnr_db), _short(reader)]
+
+
+def _table(headers: list[str], rows: list[list[str]], align: str) -> list[str]:
+    """Fixed-width lines; `align` holds one "<" (text) or ">" (number) per column."""
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths)).rstrip()
+
+    return [line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
+
+
+def _notes(report: CompareReport) -> list[str]:
+    notes = []
+    for m in [*report.outputs, *report.tensors]:
+        if m.nonfinite:
+            notes.append(f"note: {m.name}: {m.nonfinite} candidate values are NaN/inf where the reference is finite.")
+        if m.excluded:
+            notes.append(f"note: {m.name}: {m.excluded} reference values are not finite and were left out.")
+    return [""] + notes if notes else []
