@@ -11,7 +11,7 @@ def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name)
 
 
-def conv_block(seed: int = 0, channels: int = 16) -> onnx.ModelProto:
+def conv_block(seed: int = 0, channels: int = 16, size: int = 12) -> onnx.ModelProto:
     """conv -> relu6 (Clip) -> depthwise conv -> relu6 -> 1x1 conv -> Add(residual) -> global pool -> Gemm."""
     rs = np.random.RandomState(seed)
     c = channels
@@ -35,7 +35,7 @@ def conv_block(seed: int = 0, channels: int = 16) -> onnx.ModelProto:
     ]
     graph = helper.make_graph(
         nodes, "conv_block",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 12, 12])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
         inits,
     )

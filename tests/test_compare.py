@@ -53,11 +53,21 @@ def qdq_nodes(x: str, scale: str, zero: str, out: str) -> list[onnx.NodeProto]:
 
 def mlp_weights(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((16, 32)) / 4).astype(np.float32), (rng.standard_normal((32, 10)) / 6).astype(np.float32)
+    w1 = rng.standard_normal((16, 32)) / 4
+    return w1.astype(np.float32), (rng.standard_normal((32, 10)) / 6).astype(np.float32)
 
 
-def mlp_io(n_in: str = "x", n_out: str = "y") -> tuple[list, list]:
-    return [helper.make_tensor_value_info(n_in, F32, ["N", 16])], [helper.make_tensor_value_info(n_out, F32, ["N", 10])]
+def io(x_shape: list, y_shape: list) -> tuple[list, list]:
+    """Graph input `x` and output `y`, float32."""
+    x, y = helper.make_tensor_value_info("x", F32, x_shape), helper.make_tensor_value_info("y", F32, y_shape)
+    return [x], [y]
+
+
+def init(array: np.ndarray, name: str) -> onnx.TensorProto:
+    return numpy_helper.from_array(array, name)
+
+
+MLP_IO = (["N", 16], ["N", 10])
 
 
 def mlp_fp32() -> onnx.ModelProto:
@@ -68,19 +78,19 @@ def mlp_fp32() -> onnx.ModelProto:
         helper.make_node("Relu", ["h1"], ["h2"], name="relu"),
         helper.make_node("MatMul", ["h2", "W2"], ["y"], name="mm2"),
     ]
-    return make_model(nodes, *mlp_io(), [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")])
+    return make_model(nodes, *io(*MLP_IO), [init(w1, "W1"), init(w2, "W2")])
 
 
 def mlp_int8(sx: np.float32, s2: np.float32, sw: np.float32) -> onnx.ModelProto:
     """The MLP with INT8 Q/DQ on both MatMul activations and a Q/DQ of the constant W1."""
     w1, w2 = mlp_weights()
     inits = [
-        numpy_helper.from_array(w1, "W1"),
-        numpy_helper.from_array(w2, "W2"),
-        numpy_helper.from_array(np.array(sx, np.float32), "sx"),
-        numpy_helper.from_array(np.array(s2, np.float32), "s2"),
-        numpy_helper.from_array(np.array(sw, np.float32), "sw"),
-        numpy_helper.from_array(np.array(0, np.int8), "zp"),
+        init(w1, "W1"),
+        init(w2, "W2"),
+        init(np.array(sx, np.float32), "sx"),
+        init(np.array(s2, np.float32), "s2"),
+        init(np.array(sw, np.float32), "sw"),
+        init(np.array(0, np.int8), "zp"),
     ]
     nodes = [
         *qdq_nodes("x", "sx", "zp", "x_dq"),
@@ -90,7 +100,7 @@ def mlp_int8(sx: np.float32, s2: np.float32, sw: np.float32) -> onnx.ModelProto:
         *qdq_nodes("h2", "s2", "zp", "h2_dq"),
         helper.make_node("MatMul", ["h2_dq", "W2"], ["y"], name="mm2"),
     ]
-    return make_model(nodes, *mlp_io(), inits)
+    return make_model(nodes, *io(*MLP_IO), inits)
 
 
 def mlp_data(n: int = 23, seed: int = 1) -> dict[str, np.ndarray]:
@@ -121,7 +131,7 @@ def conv_models(seed: int = 0) -> tuple[onnx.ModelProto, onnx.ModelProto, dict[s
     sx = np.float32(np.abs(x).max() / 448)
     sw = (np.abs(w).reshape(4, -1).max(axis=1) / 448).astype(np.float32)
     wq = (w / sw[:, None, None, None]).astype(ml_dtypes.float8_e4m3fn)
-    io = ([helper.make_tensor_value_info("x", F32, ["N", 3, 8, 8])], [helper.make_tensor_value_info("y", F32, ["N", 4, 8, 8])])
+    shapes = io(["N", 3, 8, 8], ["N", 4, 8, 8])
 
     def net(conv_in: str, weight: str) -> list[onnx.NodeProto]:
         return [
@@ -130,12 +140,12 @@ def conv_models(seed: int = 0) -> tuple[onnx.ModelProto, onnx.ModelProto, dict[s
         ]
 
     identity = helper.make_node("Identity", ["x"], ["xid"], name="id")
-    ref = make_model([identity, *net("xid", "W")], *io, [numpy_helper.from_array(w, "W")])
+    ref = make_model([identity, *net("xid", "W")], *shapes, [init(w, "W")])
     inits = [
         helper.make_tensor("Wq", TensorProto.FLOAT8E4M3FN, w.shape, wq.view(np.uint8).tobytes(), raw=True),
-        numpy_helper.from_array(sw, "sw"),
+        init(sw, "sw"),
         helper.make_tensor("wzp", TensorProto.FLOAT8E4M3FN, [4], [0.0] * 4),
-        numpy_helper.from_array(np.array(sx, np.float32), "sx"),
+        init(np.array(sx, np.float32), "sx"),
         helper.make_tensor("zp", TensorProto.FLOAT8E4M3FN, [], [0.0]),
     ]
     nodes = [
@@ -144,7 +154,7 @@ def conv_models(seed: int = 0) -> tuple[onnx.ModelProto, onnx.ModelProto, dict[s
         helper.make_node("DequantizeLinear", ["Wq", "sw", "wzp"], ["Win"], axis=0),
         *net("xin", "Win"),
     ]
-    return ref, make_model(nodes, *io, inits), {"x": x}, sqnr_db(x, qdq_fp8(x, sx))
+    return ref, make_model(nodes, *shapes, inits), {"x": x}, sqnr_db(x, qdq_fp8(x, sx))
 
 
 def int4_models(seed: int = 0) -> tuple[onnx.ModelProto, onnx.ModelProto, dict[str, np.ndarray], float]:
@@ -156,14 +166,13 @@ def int4_models(seed: int = 0) -> tuple[onnx.ModelProto, onnx.ModelProto, dict[s
     scale = (np.abs(w.reshape(k // block, block, n)).max(axis=1) / 7).astype(np.float32)
     q = np.clip(np.round(w.reshape(k // block, block, n) / scale[:, None, :]), -8, 7).reshape(k, n)
     w_dq = (q.reshape(k // block, block, n) * scale[:, None, :]).reshape(k, n).astype(np.float32)
-    io = ([helper.make_tensor_value_info("x", F32, ["N", k])], [helper.make_tensor_value_info("y", F32, ["N", n])])
-    ref = make_model([helper.make_node("MatMul", ["x", "W"], ["y"])], *io, [numpy_helper.from_array(w, "W")], opset=21)
+    shapes = io(["N", k], ["N", n])
+    ref = make_model([helper.make_node("MatMul", ["x", "W"], ["y"])], *shapes, [init(w, "W")], opset=21)
     nodes = [
         helper.make_node("DequantizeLinear", ["Wq", "ws"], ["W"], axis=0, block_size=block),
         helper.make_node("MatMul", ["x", "W"], ["y"]),
     ]
-    inits = [numpy_helper.from_array(q.astype(ml_dtypes.int4), "Wq"), numpy_helper.from_array(scale, "ws")]
-    cand = make_model(nodes, *io, inits, opset=21)
+    cand = make_model(nodes, *shapes, [init(q.astype(ml_dtypes.int4), "Wq"), init(scale, "ws")], opset=21)
     assert cand.graph.initializer[0].data_type == TensorProto.INT4
     return ref, cand, {"x": x}, sqnr_db(x @ w, x @ w_dq)
 
@@ -311,8 +320,8 @@ def test_onnxruntime_quantize_static_graph(tmp_path):
 
 
 def masked_add(mask: np.ndarray) -> onnx.ModelProto:
-    io = ([helper.make_tensor_value_info("x", F32, ["N", 6])], [helper.make_tensor_value_info("y", F32, ["N", 6])])
-    return make_model([helper.make_node("Add", ["x", "mask"], ["y"])], *io, [numpy_helper.from_array(mask, "mask")])
+    add = helper.make_node("Add", ["x", "mask"], ["y"])
+    return make_model([add], *io(["N", 6], ["N", 6]), [init(mask, "mask")])
 
 
 def test_masks_are_excluded_and_nan_is_the_worst_sqnr():
@@ -399,7 +408,8 @@ def test_data_that_does_not_match_the_inputs(tmp_path):
 
 def test_models_with_different_inputs_or_outputs():
     assert "different inputs" in error_of(mlp_fp32(), rename_input(mlp_fp32(), "z"), mlp_data()).message
-    assert "different outputs" in error_of(mlp_fp32(), rename_output(mlp_fp32(), "logits"), mlp_data()).message
+    renamed = rename_output(mlp_fp32(), "logits")
+    assert "different outputs" in error_of(mlp_fp32(), renamed, mlp_data()).message
     fixed = mlp_fp32()
     fixed.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 17
     assert "input 'x' differs" in error_of(mlp_fp32(), fixed, mlp_data()).message

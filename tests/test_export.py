@@ -252,7 +252,10 @@ def test_dict_inputs_follow_dict_order_and_names(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("bad", "where"),
-    [(DataDependentGate, "`features.1.1` (DataDependentGate)"), (Eigenvalues, "`features.1.1` (Eigenvalues)")],
+    [
+        (DataDependentGate, "`features.1.1` (DataDependentGate)"),
+        (Eigenvalues, "`features.1.1` (Eigenvalues)"),
+    ],
 )
 def test_export_failure_names_submodule_and_leaves_no_file(tmp_path: Path, bad: type, where: str) -> None:
     model = WithBadPart(bad()).eval()

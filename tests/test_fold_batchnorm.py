@@ -49,7 +49,9 @@ def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarra
     return session.run(None, feeds)
 
 
-def _assert_same_outputs(before: onnx.ModelProto, after: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> None:
+def _assert_same_outputs(
+    before: onnx.ModelProto, after: onnx.ModelProto, feeds: dict[str, np.ndarray]
+) -> None:
     for want, got in zip(_run(before, feeds), _run(after, feeds), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
 
@@ -59,7 +61,9 @@ def _ops(model: onnx.ModelProto) -> list[str]:
 
 
 def _conv_bn(rng: np.random.Generator, *, bias: bool, group: int = 1) -> onnx.ModelProto:
-    weight = numpy_helper.from_array(rng.standard_normal((8, 4 // group, 3, 3)).astype(np.float32), "conv.weight")
+    weight = numpy_helper.from_array(
+        rng.standard_normal((8, 4 // group, 3, 3)).astype(np.float32), "conv.weight"
+    )
     inits = [weight, *_bn_params(rng, 8)]
     inputs = ["x", "conv.weight"]
     if bias:
@@ -72,7 +76,9 @@ def _conv_bn(rng: np.random.Generator, *, bias: bool, group: int = 1) -> onnx.Mo
 def _conv_transpose_bn(rng: np.random.Generator, group: int) -> onnx.ModelProto:
     weight = rng.standard_normal((4, 6 // group, 3, 3)).astype(np.float32)
     inits = [numpy_helper.from_array(weight, "deconv.weight"), *_bn_params(rng, 6)]
-    node = helper.make_node("ConvTranspose", ["x", "deconv.weight"], ["c"], name="deconv", strides=[2, 2], group=group)
+    node = helper.make_node(
+        "ConvTranspose", ["x", "deconv.weight"], ["c"], name="deconv", strides=[2, 2], group=group
+    )
     return _model([node, _bn_node("c", "y")], inits, [2, 4, 5, 5], [2, 6, 11, 11])
 
 
@@ -83,7 +89,9 @@ def _gemm_bn(rng: np.random.Generator, trans_b: int) -> onnx.ModelProto:
         numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "fc.bias"),
         *_bn_params(rng, 6),
     ]
-    gemm = helper.make_node("Gemm", ["x", "fc.weight", "fc.bias"], ["g"], name="fc", transB=trans_b, alpha=0.7, beta=1.3)
+    gemm = helper.make_node(
+        "Gemm", ["x", "fc.weight", "fc.bias"], ["g"], name="fc", transB=trans_b, alpha=0.7, beta=1.3
+    )
     return _model([gemm, _bn_node("g", "y")], inits, [3, 5], [3, 6])
 
 
@@ -140,7 +148,9 @@ def test_shared_weight_is_skipped_and_untouched() -> None:
         helper.make_node("Conv", ["x", "w"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
         helper.make_node("Add", ["b1", "c2"], ["y"], name="add"),
     ]
-    model = _model(nodes, [numpy_helper.from_array(weight, "w"), *_bn_params(rng, 8)], [1, 4, 6, 6], [1, 8, 6, 6])
+    model = _model(
+        nodes, [numpy_helper.from_array(weight, "w"), *_bn_params(rng, 8)], [1, 4, 6, 6], [1, 8, 6, 6]
+    )
     result = fold_batchnorm(model)
     assert result.report["folded"] == []
     assert result.report["skipped"] == [
@@ -156,10 +166,14 @@ def test_shared_weight_does_not_block_other_folds() -> None:
     rng = np.random.default_rng(RNG_SEED)
     shared = _conv_bn(rng, bias=True)
     graph = shared.graph
-    graph.node.append(helper.make_node("Conv", ["x", "conv.weight"], ["other"], name="conv_other", pads=[1, 1, 1, 1]))
+    graph.node.append(
+        helper.make_node("Conv", ["x", "conv.weight"], ["other"], name="conv_other", pads=[1, 1, 1, 1])
+    )
     graph.node.append(helper.make_node("Add", ["y", "other"], ["z"], name="add"))
     graph.node.append(helper.make_node("Conv", ["x", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]))
-    graph.initializer.append(numpy_helper.from_array(rng.standard_normal((8, 4, 3, 3)).astype(np.float32), "w2"))
+    graph.initializer.append(
+        numpy_helper.from_array(rng.standard_normal((8, 4, 3, 3)).astype(np.float32), "w2")
+    )
     graph.initializer.extend(_bn_params(rng, 8, prefix="bn2"))
     graph.node.append(_bn_node("c2", "b2", prefix="bn2"))
     graph.node.append(helper.make_node("Add", ["z", "b2"], ["out"], name="add2"))
@@ -169,6 +183,18 @@ def test_shared_weight_does_not_block_other_folds() -> None:
     assert result.report["folded"] == ["bn2"]
     assert [s["node"] for s in result.report["skipped"]] == ["bn"]
     _assert_same_outputs(shared, result.model, _feeds(shared, rng))
+
+
+def test_weight_read_by_shape_still_folds() -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    model = _conv_bn(rng, bias=True)
+    model.graph.node.append(helper.make_node("Shape", ["conv.weight"], ["kernel_shape"], name="shape"))
+    model.graph.output.append(helper.make_tensor_value_info("kernel_shape", TensorProto.INT64, [4]))
+    result = fold_batchnorm(model)
+    assert result.report == {"folded": ["bn"], "skipped": []}
+    onnx.checker.check_model(result.model, full_check=True)
+    assert [i.name for i in result.model.graph.initializer].count("conv.weight") == 1
+    _assert_same_outputs(model, result.model, _feeds(model, rng))
 
 
 def test_bn_after_other_op_or_with_shared_output_is_skipped() -> None:
@@ -181,7 +207,9 @@ def test_bn_after_other_op_or_with_shared_output_is_skipped() -> None:
         _bn_node("r", "b2", prefix="bn2"),
         helper.make_node("Add", ["b", "b2"], ["y"], name="add"),
     ]
-    model = _model(nodes, [weight, *_bn_params(rng, 8), *_bn_params(rng, 8, "bn2")], [1, 4, 6, 6], [1, 8, 6, 6])
+    model = _model(
+        nodes, [weight, *_bn_params(rng, 8), *_bn_params(rng, 8, "bn2")], [1, 4, 6, 6], [1, 8, 6, 6]
+    )
     result = fold_batchnorm(model)
     assert result.report["folded"] == []
     reasons = {s["node"]: s["reason"] for s in result.report["skipped"]}
@@ -203,13 +231,17 @@ def test_non_constant_parameter_is_skipped() -> None:
         extra_inputs=[helper.make_tensor_value_info("w", TensorProto.FLOAT, [8, 4, 3, 3])],
     )
     result = fold_batchnorm(model)
-    assert result.report["skipped"] == [{"node": "bn", "reason": "Conv parameter 'w' is not a constant initializer"}]
+    assert result.report["skipped"] == [
+        {"node": "bn", "reason": "Conv parameter 'w' is not a constant initializer"}
+    ]
 
 
 def test_no_batchnorm_returns_model_unchanged() -> None:
     rng = np.random.default_rng(RNG_SEED)
     weight = numpy_helper.from_array(rng.standard_normal((8, 4, 3, 3)).astype(np.float32), "w")
-    model = _model([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], [weight], [1, 4, 6, 6], [1, 8, 4, 4])
+    model = _model(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], [weight], [1, 4, 6, 6], [1, 8, 4, 4]
+    )
     result = fold_batchnorm(model)
     assert result.model is model
     assert result.report == {"folded": [], "skipped": []}

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from trtq.evaluate import CompareReport, compare
     from trtq.exporter.check import CheckReport, check
     from trtq.exporter.torch_export import export
-    from trtq.quantize import QuantizeResult, calibrate, quantize
+    from trtq.pipeline import QuantizeResult, calibrate, quantize
 
 __all__ = [
     # verbs
@@ -40,9 +40,9 @@ __all__ = [
 
 _LAZY = {
     "export": "trtq.exporter.torch_export",
-    "calibrate": "trtq.quantize",
-    "quantize": "trtq.quantize",
-    "QuantizeResult": "trtq.quantize",
+    "calibrate": "trtq.pipeline",
+    "quantize": "trtq.pipeline",
+    "QuantizeResult": "trtq.pipeline",
     "check": "trtq.exporter.check",
     "CheckReport": "trtq.exporter.check",
     "compare": "trtq.evaluate",

@@ -54,7 +54,7 @@ def _target(args: argparse.Namespace) -> Target | None:
 
 
 def _run_quantize(args: argparse.Namespace) -> int:
-    from trtq.quantize import quantize
+    from trtq.pipeline import quantize
 
     config = QuantConfig(
         precision=args.precision,

@@ -73,7 +73,7 @@ def run_demo(out: str | Path, *, precision: str = "int8", calib_method: str | No
 
     from trtq.evaluate import compare
     from trtq.exporter.torch_export import export
-    from trtq.quantize import quantize
+    from trtq.pipeline import quantize
 
     torch.set_num_threads(2)
     out = Path(out)

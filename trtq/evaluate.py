@@ -1,4 +1,4 @@
-"""Fidelity of a quantized graph against its FP32 original: SQNR, cosine and top-1, per output and per layer."""
+"""Fidelity of a quantized graph to its FP32 original: SQNR, cosine, top-1, per output and per layer."""
 
 from __future__ import annotations
 
@@ -110,13 +110,13 @@ class CompareReport:
         ]
         header = ["output", "SQNR dB", "cosine", "max abs err", "top-1"]
         lines += _table(header, [_output_row(o) for o in self.outputs], "<>>>>")
-        if self.tensors and top > 0:
-            shown = self.tensors[:top]
+        shown = self.tensors[: max(top, 0)]
+        if shown:
             lines += ["", f"worst {len(shown)} of {len(self.tensors)} quantized tensors by SQNR vs FP32 "
                       "(local: the noise of that Q/DQ alone)"]
             header = ["tensor", "type", "SQNR dB", "local dB", "read by"]
             lines += _table(header, [_tensor_row(t) for t in shown], "<<>><")
-        return "\n".join(lines + _notes(self))
+        return "\n".join(lines + _notes([*self.outputs, *shown]))
 
 
 def compare(
@@ -170,7 +170,8 @@ def compare(
     finally:
         stream.close()
     report = acc.report()
-    logger.info("compare: %d samples, %d outputs, %d quantized tensors", report.samples, len(outputs), len(probes))
+    logger.info("compare: %d samples, %d outputs, %d quantized tensors", report.samples, len(outputs),
+                len(report.tensors))
     return report
 
 
@@ -179,9 +180,9 @@ def compare(
 
 def _check_counts(batch_size: int, max_samples: int | None) -> None:
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise TrtqError(f"batch size {batch_size!r} is not a positive integer.", "pass --batch-size 1 or more.")
+        raise TrtqError(f"batch size {batch_size!r} is not a positive integer.", "pass 1 or more.")
     if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
-        raise TrtqError(f"max samples {max_samples!r} is not a positive integer.", "pass --max-samples 1 or more.")
+        raise TrtqError(f"max samples {max_samples!r} is not a positive integer.", "pass 1 or more, or None.")
 
 
 def _load(model: Any, role: str) -> onnx.ModelProto:
@@ -201,19 +202,20 @@ def _common_inputs(ref: onnx.ModelProto, cand: onnx.ModelProto) -> list[InputSpe
     c = {s.name: s for s in model_inputs(cand)}
     if set(r) != set(c):
         raise TrtqError(
-            f"the models take different inputs: reference {sorted(r)}, candidate {sorted(c)}.", _SAME_MODEL_FIX
+            f"the models take different inputs: reference {sorted(r)}, candidate {sorted(c)}.",
+            _SAME_MODEL_FIX,
         )
     return [_merge_input(r[name], c[name]) for name in r]
 
 
 def _merge_input(a: InputSpec, b: InputSpec) -> InputSpec:
     clash = a.dtype != b.dtype or len(a.shape) != len(b.shape)
-    clash = clash or any(x is not None and y is not None and x != y for x, y in zip(a.shape, b.shape))
-    if clash:
+    dims = list(zip(a.shape, b.shape, strict=False))  # ranks are checked just above
+    if clash or any(x is not None and y is not None and x != y for x, y in dims):
         raise TrtqError(
             f"input {a.name!r} differs: reference {a.describe()}, candidate {b.describe()}.", _SAME_MODEL_FIX
         )
-    return InputSpec(a.name, a.dtype, tuple(x if x is not None else y for x, y in zip(a.shape, b.shape)))
+    return InputSpec(a.name, a.dtype, tuple(x if x is not None else y for x, y in dims))
 
 
 def _common_outputs(ref: onnx.ModelProto, cand: onnx.ModelProto) -> list[str]:
@@ -221,7 +223,8 @@ def _common_outputs(ref: onnx.ModelProto, cand: onnx.ModelProto) -> list[str]:
     c = [o.name for o in cand.graph.output]
     if set(r) != set(c):
         raise TrtqError(
-            f"the models have different outputs: reference {sorted(r)}, candidate {sorted(c)}.", _SAME_MODEL_FIX
+            f"the models have different outputs: reference {sorted(r)}, candidate {sorted(c)}.",
+            _SAME_MODEL_FIX,
         )
     return r
 
@@ -317,7 +320,7 @@ class _Runner:
                 f"{_first_line(exc)}",
                 "give the data the shapes the model was exported for.",
             ) from exc
-        return {**batch, **dict(zip(self._names, values))}
+        return {**batch, **dict(zip(self._names, values, strict=True))}
 
 
 def _first_line(exc: Exception) -> str:
@@ -399,20 +402,18 @@ class _SampleSums:
         self.cosine = 0.0
         self.rows = 0
         self.top1_hits = 0
-        self.top1_rows: int | None = None  # None: the output does not look like class scores
+        self.top1_rows = 0  # stays 0 unless the output looks like class scores
 
     def add(self, pair: _Pair, ref: np.ndarray, cand: np.ndarray, samples: int) -> None:
         rows = samples if pair.ref.ndim and pair.ref.shape[0] == samples else 1
-        r, c = pair.ref.reshape(rows, -1), pair.cand.reshape(rows, -1)
-        self.cosine += float(_row_cosines(r, c).sum())
+        self.cosine += float(_row_cosines(pair.ref.reshape(rows, -1), pair.cand.reshape(rows, -1)).sum())
         self.rows += rows
         if ref.ndim == 2 and ref.dtype.kind == "f" and ref.shape[-1] >= 2:
-            hits = np.count_nonzero(np.argmax(ref, axis=-1) == np.argmax(cand, axis=-1))
-            self.top1_hits += int(hits)
-            self.top1_rows = (self.top1_rows or 0) + ref.shape[0]
+            self.top1_hits += int(np.count_nonzero(np.argmax(ref, axis=-1) == np.argmax(cand, axis=-1)))
+            self.top1_rows += ref.shape[0]
 
     def top1(self) -> float | None:
-        return None if not self.top1_rows else self.top1_hits / self.top1_rows
+        return self.top1_hits / self.top1_rows if self.top1_rows else None
 
 
 def _row_cosines(r: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -426,56 +427,78 @@ def _row_cosines(r: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.where((rr == 0) & (cc == 0), 1.0, np.clip(cos, -1.0, 1.0))
 
 
+class _OutputSums:
+    """Everything `OutputMetrics` needs about one graph output, accumulated batch by batch."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.errors = _ErrorSums()
+        self.samples = _SampleSums()
+
+    def add(self, ref: np.ndarray, cand: np.ndarray, samples: int) -> None:
+        if ref.shape != cand.shape:
+            raise TrtqError(
+                f"output {self.name!r} is {ref.shape} in the reference but {cand.shape} in the candidate.",
+                _SAME_MODEL_FIX,
+            )
+        pair = _pair(ref, cand)
+        self.errors.add(pair)
+        self.samples.add(pair, ref, cand, samples)
+
+    def metrics(self) -> OutputMetrics:
+        e, s = self.errors, self.samples
+        cosine = s.cosine / s.rows if s.rows else 1.0
+        return OutputMetrics(self.name, e.sqnr_db(), cosine, e.max_abs, s.top1(), e.excluded, e.nonfinite)
+
+
+class _TensorSums:
+    """Cumulative (vs the reference) and local (vs the Q input) error of one quantized activation."""
+
+    def __init__(self, probe: _Probe) -> None:
+        self.probe = probe
+        self.cumulative = _ErrorSums()
+        self.local = _ErrorSums()
+        self.skipped = False
+
+    def add(self, ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]) -> None:
+        p = self.probe
+        fp32, q_in, dq = ref[p.name], cand[p.name], cand[p.dequantized]
+        if fp32.shape != dq.shape or q_in.shape != dq.shape:
+            if not self.skipped:
+                logger.warning("tensor %s: shape %s in the reference, %s dequantized; not compared",
+                               p.name, fp32.shape, dq.shape)
+            self.skipped = True
+        if not self.skipped:
+            self.cumulative.add(_pair(fp32, dq))
+            self.local.add(_pair(q_in, dq))
+
+    def metrics(self) -> TensorMetrics:
+        p, cum = self.probe, self.cumulative
+        return TensorMetrics(p.name, p.dequantized, p.precision, p.consumers, cum.sqnr_db(),
+                             self.local.sqnr_db(), cum.excluded, cum.nonfinite)
+
+
 class _Accumulator:
     """Reduces each batch of both graphs' tensors to the sums behind the report, then drops it."""
 
     def __init__(self, outputs: list[str], probes: list[_Probe]) -> None:
-        self._outputs = {name: (_ErrorSums(), _SampleSums()) for name in outputs}
-        self._probes = {p: (_ErrorSums(), _ErrorSums()) for p in probes}
-        self._skipped: set[_Probe] = set()
+        self._outputs = [_OutputSums(name) for name in outputs]
+        self._tensors = [_TensorSums(p) for p in probes]
         self.samples = 0
 
     def add(self, batch: Batch, ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]) -> None:
         first = next(iter(batch.values()))
         n = first.shape[0] if first.ndim else 1
         self.samples += n
-        for name, (errors, per_sample) in self._outputs.items():
-            r, c = ref[name], cand[name]
-            if r.shape != c.shape:
-                raise TrtqError(
-                    f"output {name!r} has shape {r.shape} in the reference but {c.shape} in the candidate.",
-                    _SAME_MODEL_FIX,
-                )
-            pair = _pair(r, c)
-            errors.add(pair)
-            per_sample.add(pair, r, c, n)
-        for probe, (cumulative, local) in self._probes.items():
-            self._add_probe(probe, ref[probe.name], cand[probe.name], cand[probe.dequantized], cumulative, local)
-
-    def _add_probe(self, probe: _Probe, ref: np.ndarray, q_in: np.ndarray, dq: np.ndarray,
-                   cumulative: _ErrorSums, local: _ErrorSums) -> None:
-        if probe in self._skipped or ref.shape != dq.shape or q_in.shape != dq.shape:
-            if probe not in self._skipped:
-                logger.warning("tensor %s: shapes %s (reference) and %s (dequantized) differ; not compared",
-                               probe.name, ref.shape, dq.shape)
-            self._skipped.add(probe)
-            return
-        cumulative.add(_pair(ref, dq))
-        local.add(_pair(q_in, dq))
+        for out in self._outputs:
+            out.add(ref[out.name], cand[out.name], n)
+        for tensor in self._tensors:
+            tensor.add(ref, cand)
 
     def report(self) -> CompareReport:
-        outputs = [
-            OutputMetrics(name, e.sqnr_db(), s.cosine / max(s.rows, 1), e.max_abs, s.top1(), e.excluded, e.nonfinite)
-            for name, (e, s) in self._outputs.items()
-        ]
-        tensors = [
-            TensorMetrics(p.name, p.dequantized, p.precision, p.consumers, cum.sqnr_db(), loc.sqnr_db(),
-                          cum.excluded, cum.nonfinite)
-            for p, (cum, loc) in self._probes.items()
-            if p not in self._skipped
-        ]
+        tensors = [t.metrics() for t in self._tensors if not t.skipped]
         tensors.sort(key=lambda t: (t.sqnr_db, t.local_sqnr_db, t.name, t.dequantized))
-        return CompareReport(outputs, tensors, self.samples)
+        return CompareReport([o.metrics() for o in self._outputs], tensors, self.samples)
 
 
 # --- formatting ---------------------------------------------------------------------------------
@@ -510,16 +533,17 @@ def _table(headers: list[str], rows: list[list[str]], align: str) -> list[str]:
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths)).rstrip()
+        return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths, strict=True)).rstrip()
 
     return [line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
 
 
-def _notes(report: CompareReport) -> list[str]:
+def _notes(shown: list[OutputMetrics | TensorMetrics]) -> list[str]:
     notes = []
-    for m in [*report.outputs, *report.tensors]:
+    for m in shown:
         if m.nonfinite:
-            notes.append(f"note: {m.name}: {m.nonfinite} candidate values are NaN/inf where the reference is finite.")
+            notes.append(f"note: {m.name}: {m.nonfinite} candidate values are NaN/inf where the reference "
+                         "is finite (SQNR set to the floor).")
         if m.excluded:
             notes.append(f"note: {m.name}: {m.excluded} reference values are not finite and were left out.")
     return [""] + notes if notes else []

@@ -50,6 +50,8 @@ class QuantPlan:
         weights: (weight tensor, axis) -> WeightSlot plus consumers.
         skipped: nodes left in floating point, with the reason.
         residual_adds: Add nodes whose residual input is quantized for conv + add fusion.
+        quantized_nodes: the weighted ops that get quantized inputs.
+        int4_inputs: INT4 weight tensor -> the activation it multiplies (for activation-aware clipping).
     """
 
     activations: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
@@ -57,6 +59,7 @@ class QuantPlan:
     skipped: list[dict[str, str]] = field(default_factory=list)
     residual_adds: list[str] = field(default_factory=list)
     quantized_nodes: list[str] = field(default_factory=list)
+    int4_inputs: dict[str, str] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -160,6 +163,8 @@ def _plan_int4(node: gs.Node, name: str, block_size: int, plan: QuantPlan) -> bo
         return False
     slot = WeightSlot(node.inputs[index].name, 1 - k_axis, block_axis=k_axis)
     plan.weights.setdefault(slot, []).append((name, index))
+    if not trans_b and node.op == "MatMul" and _constant(node.inputs[0]) is None:
+        plan.int4_inputs.setdefault(slot.tensor, node.inputs[0].name)
     return True
 
 

@@ -36,8 +36,14 @@ def insert_qdq(
     *,
     block_size: int = 128,
     opset: int,
+    importance: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, dict[str, Any]]]:
-    """Return the QDQ model and, per quantized tensor, the numbers chosen for it."""
+    """Return the QDQ model and, per quantized tensor, the numbers chosen for it.
+
+    `importance` maps an INT4 weight to the mean power of each of its input channels (activation-aware
+    clipping); weights without an entry are clipped for plain weight MSE.
+    """
+    importance = importance or {}
     graph = gs.import_onnx(model)
     nodes = {n.name: n for n in graph.nodes}
     tensors = graph.tensors()
@@ -52,13 +58,14 @@ def insert_qdq(
                         "consumers": sorted({c for c, _ in consumers})}
     for slot, consumers in sorted(plan.weights.items(), key=lambda kv: (kv[0].tensor, kv[0].axis)):
         weight = _constant_values(tensors[slot.tensor])
-        qw = _quantize_weight(weight, slot, precision, block_size)
+        qw = _quantize_weight(weight, slot, precision, block_size, importance.get(slot.tensor))
         dq = _weight_dq(graph, slot, qw, block_size)
         if qw.values.dtype == ml_dtypes.int4:
             int4[dq.inputs[0].inputs[0].name] = qw.values
         for node_name, index in consumers:
             nodes[node_name].inputs[index] = dq
-        report[slot.tensor] = _weight_report(slot, qw, weight.shape, precision, block_size, consumers)
+        report[slot.tensor] = _weight_report(slot, qw, weight.shape, precision, block_size, consumers,
+                                             aware=slot.tensor in importance)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     graph.opset = opset
     out = gs.export_onnx(graph, do_type_check=False)
@@ -85,9 +92,10 @@ def _constant_values(tensor: gs.Tensor) -> np.ndarray:
     return np.asarray(tensor.inputs[0].attrs["value"].values)
 
 
-def _quantize_weight(w: np.ndarray, slot: WeightSlot, precision: str, block_size: int) -> QuantizedWeight:
+def _quantize_weight(w: np.ndarray, slot: WeightSlot, precision: str, block_size: int,
+                     importance: np.ndarray | None) -> QuantizedWeight:
     if precision == "int4":
-        return quantize_int4_blockwise(w, slot.block_axis or 0, block_size)
+        return quantize_int4_blockwise(w, slot.block_axis or 0, block_size, importance)
     return quantize_per_channel(w, None if slot.axis < 0 else slot.axis, precision)
 
 
@@ -117,10 +125,10 @@ def _pack_int4(model: onnx.ModelProto, int4: Mapping[str, np.ndarray]) -> None:
 
 
 def _weight_report(slot: WeightSlot, qw: QuantizedWeight, shape: tuple[int, ...], precision: str,
-                   block_size: int, consumers: list[tuple[str, int]]) -> dict[str, Any]:
+                   block_size: int, consumers: list[tuple[str, int]], *, aware: bool) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "kind": "weight",
-        "method": "max" if precision != "int4" else "mse-clip",
+        "method": "max" if precision != "int4" else ("activation-weighted-mse-clip" if aware else "mse-clip"),
         "shape": list(shape),
         "axis": None if slot.axis < 0 else slot.axis,
         "amax": np.round(qw.amax.astype(np.float64), 9).tolist(),

@@ -96,8 +96,8 @@ def export(
     path = _check_output_path(path)
     dynamic_shapes, output_axes = _dynamic_shapes(dynamic_axes, args, kwargs, names, output_names or ())
     proto = _torch_export(model, args, kwargs, input_names, output_names, dynamic_shapes, opset)
-    _check_exported(proto, names, output_names, opset)
-    _check_input_axes(proto, dynamic_axes or {}, names)
+    _check_exported(proto, input_names, output_names, opset)
+    _check_input_axes(proto, dynamic_axes or {}, output_names or ())
     proto = _optimize(proto, fold_batchnorm)
     _name_output_axes(proto, output_axes)
     _strip_debug_metadata(proto)
@@ -133,14 +133,18 @@ def _split_inputs(example_inputs: Any, model: torch.nn.Module, torch: Any) -> tu
             "pass a torch.Tensor, a tuple of positional inputs, or a dict of keyword inputs.",
         )
     if not any(isinstance(leaf, torch.Tensor) for leaf in _leaves((args, kwargs))):
-        raise TrtqError("example_inputs holds no torch.Tensor.", "pass example tensors for the model's inputs.")
+        raise TrtqError(
+            "example_inputs holds no torch.Tensor.", "pass example tensors for the model's inputs."
+        )
     return args, kwargs
 
 
 def _check_kwargs(kwargs: dict, model: torch.nn.Module) -> None:
     bad = [key for key in kwargs if not isinstance(key, str)]
     if bad:
-        raise TrtqError(f"example_inputs has non-string keys {bad}.", "key the dict by forward's parameter names.")
+        raise TrtqError(
+            f"example_inputs has non-string keys {bad}.", "key the dict by forward's parameter names."
+        )
     params = inspect.signature(model.forward).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
@@ -167,7 +171,9 @@ def _check_names(names: Sequence[str] | None, what: str) -> None:
     if names is None:
         return
     if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
-        raise TrtqError(f"{what} must be a list of non-empty strings, got {names!r}.", f"pass {what}=['...', ...].")
+        raise TrtqError(
+            f"{what} must be a list of non-empty strings, got {names!r}.", f"pass {what}=['...', ...]."
+        )
     duplicates = sorted({n for n in names if list(names).count(n) > 1})
     if duplicates:
         raise TrtqError(f"{what} repeats {duplicates}.", f"give every entry of {what} its own name.")
@@ -187,9 +193,9 @@ def _input_names(
     if given is not None:
         return list(given)
     if kwargs:
-        return list(kwargs)
+        return [key for key, value in kwargs.items() if isinstance(value, torch.Tensor)]
     params = list(inspect.signature(model.forward).parameters)
-    return params[: len(args)]
+    return [params[i] for i, arg in enumerate(args[: len(params)]) if isinstance(arg, torch.Tensor)]
 
 
 def _check_opset(opset: int) -> None:
@@ -213,7 +219,9 @@ def _check_output_path(path: str | os.PathLike[str]) -> Path:
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise TrtqError(f"cannot write {path}: {parent} is not a writable directory.", "choose a writable path.")
+        raise TrtqError(
+            f"cannot write {path}: {parent} is not a writable directory.", "choose a writable path."
+        )
     return path
 
 
@@ -249,7 +257,9 @@ def _dynamic_shapes(
                 "make each example input with dynamic axes a single tensor.",
             )
         specs.append(_axes_spec(named[0], dynamic_axes[named[0]], value.dim()) if named else None)
-    outputs = {name: _axes_spec(name, axes, None) for name, axes in dynamic_axes.items() if name in output_names}
+    outputs = {
+        name: _axes_spec(name, axes, None) for name, axes in dynamic_axes.items() if name in output_names
+    }
     shapes = tuple(specs) if args else dict(zip(kwargs, specs, strict=True))
     return shapes, outputs
 
@@ -267,7 +277,9 @@ def _axes_spec(name: str, axes: Any, rank: int | None) -> dict[int, str]:
         if isinstance(axis, bool) or not isinstance(axis, int) or not isinstance(dim, str) or not dim:
             raise TrtqError(f"dynamic_axes[{name!r}] has entry {axis!r}: {dim!r}.", "use {axis: 'dim_name'}.")
         if rank is not None and not -rank <= axis < rank:
-            raise TrtqError(f"dynamic_axes[{name!r}] names axis {axis} of a rank-{rank} input.", "fix the axis.")
+            raise TrtqError(
+                f"dynamic_axes[{name!r}] names axis {axis} of a rank-{rank} input.", "fix the axis."
+            )
         result[axis % rank if rank else axis] = dim
     return result
 
@@ -428,7 +440,7 @@ def _module_of_failed_node(model: torch.nn.Module, exc: BaseException) -> tuple[
 
 
 def _check_exported(
-    proto: onnx.ModelProto, input_names: list[str], output_names: Sequence[str] | None, opset: int
+    proto: onnx.ModelProto, input_names: Sequence[str] | None, output_names: Sequence[str] | None, opset: int
 ) -> None:
     """The graph has the names and opset asked for."""
     outputs = [o.name for o in proto.graph.output]
@@ -438,7 +450,8 @@ def _check_exported(
             "give at most one name per output tensor.",
         )
     inputs = [i.name for i in proto.graph.input]
-    if inputs[: len(input_names)] != input_names or outputs[: len(output_names or ())] != list(output_names or ()):
+    given_in, given_out = list(input_names or ()), list(output_names or ())
+    if inputs[: len(given_in)] != given_in or outputs[: len(given_out)] != given_out:
         raise RuntimeError(f"torch.onnx named the graph's inputs {inputs} and outputs {outputs}")
     version = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     if version != opset:
@@ -448,25 +461,33 @@ def _check_exported(
         )
 
 
-def _check_input_axes(proto: onnx.ModelProto, dynamic_axes: DynamicAxes, input_names: list[str]) -> None:
+def _check_input_axes(proto: onnx.ModelProto, dynamic_axes: DynamicAxes, output_names: Sequence[str]) -> None:
     """Every input axis asked to be dynamic is; a name torch merged into another is logged."""
     inputs = {i.name: i.type.tensor_type.shape.dim for i in proto.graph.input}
-    for name in input_names:
+    missing = sorted(set(dynamic_axes) - set(inputs) - set(output_names))
+    if missing:
+        raise TrtqError(
+            f"dynamic_axes names {missing}, but the graph's inputs are {list(inputs)}.",
+            "pass input_names and key dynamic_axes by them.",
+        )
+    for name, dims in inputs.items():
         if name not in dynamic_axes:
             continue
-        dims = inputs[name]
         for axis, dim_name in _axes_spec(name, dynamic_axes[name], len(dims)).items():
             dim = dims[axis]
             if not dim.dim_param:
                 raise TrtqError(
-                    f"input {name!r} axis {axis} was fixed to {dim.dim_value} by torch.export: the model's "
-                    "code specialises that size.",
+                    f"input {name!r} axis {axis} was fixed to {dim.dim_value} by torch.export: the "
+                    "model's code specialises that size.",
                     "drop that axis from dynamic_axes, or remove the size-dependent code from the model.",
                 )
             if dim.dim_param != dim_name:
                 logger.warning(
                     "input %r axis %d is named %r, not %r: torch found it equal to that axis",
-                    name, axis, dim.dim_param, dim_name,
+                    name,
+                    axis,
+                    dim.dim_param,
+                    dim_name,
                 )
 
 

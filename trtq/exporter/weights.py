@@ -4,7 +4,9 @@
 - FP8:  `s_c = max|W_c| / 448`, `W_q = e4m3(W / s_c)` (round to nearest even, saturating).
 - INT4: blocks of `B` weights along the reduction axis K; per block and output channel
   `s = r* max|W_b| / 7`, `W_q = clip(rint(W_b / s), -8, 7)`, with the clip ratio r* in [0.5, 1]
-  chosen from a grid to minimise the block's squared error `||W_b - s W_q||²`.
+  chosen from a grid to minimise the block's squared error `sum_k e_k (W_kn - s W_q,kn)²`, where
+  `e_k = E[x_k²]` is the calibration data's mean power of input channel k (activation-aware: the
+  expected squared error of the layer's output) or 1 when no data is given.
 Scales are float32 and strictly positive (an all-zero channel gets the smallest normal float).
 """
 
@@ -60,11 +62,13 @@ def quantize_per_channel(w: np.ndarray, axis: int | None, precision: str) -> Qua
     return QuantizedWeight(values, scale, amax)
 
 
-def quantize_int4_blockwise(w: np.ndarray, block_axis: int, block_size: int) -> QuantizedWeight:
+def quantize_int4_blockwise(w: np.ndarray, block_axis: int, block_size: int,
+                            importance: np.ndarray | None = None) -> QuantizedWeight:
     """Block-wise symmetric INT4 of a 2-D weight along `block_axis`, with per-block MSE clipping.
 
     Returns values shaped like `w` (ml_dtypes.int4) and scales shaped like `w` with the blocked
     axis divided by `block_size`, as ONNX DequantizeLinear (opset 21, `block_size`) expects.
+    `importance` (length K, optional) weights each input channel's squared error.
     """
     wt = w.astype(np.float64)
     if block_axis == 1:
@@ -72,11 +76,14 @@ def quantize_int4_blockwise(w: np.ndarray, block_axis: int, block_size: int) -> 
     k, n = wt.shape
     blocks = wt.reshape(k // block_size, block_size, n)  # [nb, B, N]
     amax = np.abs(blocks).max(axis=1)  # [nb, N]
+    imp = np.ones((k // block_size, block_size, 1))
+    if importance is not None:
+        imp = np.asarray(importance, np.float64).reshape(k // block_size, block_size, 1) + 1e-12
     best_err = np.full(amax.shape, np.inf)
     best_ratio = np.ones(amax.shape)
     for ratio in INT4_CLIP_GRID:
         s = np.maximum(amax * ratio / 7.0, _TINY)[:, None, :]
-        err = ((np.clip(np.rint(blocks / s), -8, 7) * s - blocks) ** 2).sum(axis=1)
+        err = (imp * (np.clip(np.rint(blocks / s), -8, 7) * s - blocks) ** 2).sum(axis=1)
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best_ratio = np.where(better, ratio, best_ratio)

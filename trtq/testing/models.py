@@ -68,13 +68,23 @@ def minilm_inputs(
     tokenizer: Any, sentences: Sequence[str] = SAMPLE_SENTENCES, seq_len: int | None = None
 ) -> dict[str, torch.Tensor]:
     """``{"input_ids", "attention_mask"}`` int64 tensors, padded to `seq_len` (or the longest)."""
-    padding: dict[str, Any] = {"padding": "max_length", "max_length": seq_len} if seq_len else {"padding": True}
+    padding: dict[str, Any] = (
+        {"padding": "max_length", "max_length": seq_len} if seq_len else {"padding": True}
+    )
     encoded = tokenizer(list(sentences), truncation=True, return_tensors="pt", **padding)
     return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
 
 def export_efficientnet_lite0(path: str | os.PathLike[str], model: torch.nn.Module | None = None) -> Path:
-    """Export EfficientNet-Lite0: input ``images`` (batch x 3 x 224 x 224, dynamic batch), output ``logits``."""
+    """Export EfficientNet-Lite0: input ``images`` (batch x 3 x 224 x 224), output ``logits``.
+
+    Args:
+        path: where to write the ``.onnx`` file.
+        model: an already loaded EfficientNet-Lite0 (default: `load_efficientnet_lite0()`).
+
+    Returns:
+        The path written; the batch axis is dynamic and named ``batch``.
+    """
     import torch
 
     model = model if model is not None else load_efficientnet_lite0()
@@ -95,8 +105,17 @@ def export_minilm(
     model: torch.nn.Module | None = None,
     tokenizer: Any = None,
 ) -> Path:
-    """Export all-MiniLM-L6-v2: int64 ``input_ids`` and ``attention_mask`` (dynamic batch and
-    sequence; `seq_len` is the example's length), output ``last_hidden_state``."""
+    """Export all-MiniLM-L6-v2: int64 ``input_ids``, ``attention_mask`` -> ``last_hidden_state``.
+
+    Args:
+        path: where to write the ``.onnx`` file.
+        seq_len: sequence length of the example inputs; the graph takes any length.
+        model: an already loaded encoder (default: `load_minilm()`), with `tokenizer`.
+        tokenizer: its tokenizer.
+
+    Returns:
+        The path written; axes ``batch`` and ``sequence`` are dynamic.
+    """
     if model is None or tokenizer is None:
         model, tokenizer = load_minilm()
     dims = {0: "batch", 1: "sequence"}
@@ -126,4 +145,3 @@ def _last_hidden_state_class() -> type:
             return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     return LastHiddenState
-

@@ -17,7 +17,8 @@ The arithmetic runs in float64 and is cast back to the weight's dtype, so the fo
 the original within float32 rounding. A BatchNormalization is skipped, with the reason in the
 report, when its producer is another op, when that producer's output has other consumers, when a
 parameter is not a constant initializer, or when the producer's weight or bias is shared with a
-node outside the match (folding would change that other node).
+node outside the match (folding would change that other node); Shape/Size nodes that read the
+weight do not count, since the fold keeps its shape.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = ["fold_batchnorm"]
 logger = logging.getLogger(__name__)
 
 _FOLDABLE = ("Conv", "ConvTranspose", "Gemm")
+_SHAPE_READERS = ("Shape", "Size")
 
 
 def fold_batchnorm(model: onnx.ModelProto, ctx: Any = None) -> PassResult:
@@ -110,7 +112,9 @@ def _param_reason(bn: gs.Node, producer: gs.Node) -> str | None:
             return f"{producer.op} parameter {param.name!r} is not a constant initializer"
         if not np.issubdtype(param.values.dtype, np.floating):
             return f"{producer.op} parameter {param.name!r} has dtype {param.values.dtype}, not float"
-        users = sorted({_node_name(n) for n in param.outputs if n is not producer})
+        # Shape/Size read only the weight's shape, which the fold keeps.
+        readers = _SHAPE_READERS if param is producer.inputs[1] else ()
+        users = sorted({_node_name(n) for n in param.outputs if n is not producer and n.op not in readers})
         if users:
             return f"{producer.op} parameter {param.name!r} is shared with {users}"
     return None
@@ -143,15 +147,16 @@ def _fold(bn: gs.Node, producer: gs.Node, graph: gs.Graph) -> None:
     weight = producer.inputs[1]
     dtype = weight.values.dtype
     new_weight = _scale_weight(producer, np.asarray(weight.values, dtype=np.float64), scale)
-    bias = _bias(producer, mean.size)
-    new_bias = (bias - mean) * scale + beta
-    producer.inputs[1] = gs.Constant(weight.name, new_weight.astype(dtype))
-    bias_name = producer.inputs[2].name if _has_bias(producer) else _unique_bias_name(weight.name, graph)
-    bias_const = gs.Constant(bias_name, new_bias.astype(dtype))
-    if len(producer.inputs) > 2:
-        producer.inputs[2] = bias_const
+    new_bias = (_bias(producer, mean.size) - mean) * scale + beta
+    weight.values = new_weight.astype(dtype)  # in place: only this node (and Shape/Size) use it
+    if _has_bias(producer):
+        producer.inputs[2].values = new_bias.astype(dtype)
     else:
-        producer.inputs.append(bias_const)
+        bias = gs.Constant(_unique_bias_name(weight.name, graph), new_bias.astype(dtype))
+        if len(producer.inputs) > 2:
+            producer.inputs[2] = bias
+        else:
+            producer.inputs.append(bias)
     if producer.op == "Gemm":
         producer.attrs["beta"] = 1.0
     bn_out = bn.outputs[0]

@@ -19,7 +19,7 @@ from trtq import _io
 from trtq._version import __version__
 from trtq.calibrators.data import open_batches
 from trtq.calibrators.methods import compute_amax
-from trtq.calibrators.stats import collect_stats
+from trtq.calibrators.stats import collect_channel_power, collect_stats
 from trtq.config import CalibConfig, QuantConfig, Target
 from trtq.errors import TrtqError
 from trtq.exporter.placement import QuantPlan, plan_quantization
@@ -68,7 +68,8 @@ def quantize(
             `example_inputs`).
         calib_data: calibration data: an .npz path, a dict of arrays, an iterable of
             `{input_name: array}` batches, or an ONNX Runtime CalibrationDataReader. INT4
-            (weight-only) needs none.
+            (weight-only) needs none; given data, it clips each weight block for the least
+            output error on that data (activation-aware) instead of the least weight error.
         output: where to write the QDQ model (None: return it without writing).
         precision, calib_method, exclude, seed, target: shortcuts that override `config`.
         config: the full `QuantConfig`.
@@ -91,7 +92,9 @@ def quantize(
             "check --exclude, or quantize a model that has convolutions or matrix multiplications.",
         )
     calib_report, amax = _calibrate(fp32, plan, calib_data, cfg, progress)
-    qmodel, tensors = insert_qdq(fp32, plan, amax, cfg.precision, block_size=cfg.block_size, opset=_opset(fp32))
+    importance = _channel_power(fp32, plan, calib_data, cfg, progress)
+    qmodel, tensors = insert_qdq(fp32, plan, amax, cfg.precision, block_size=cfg.block_size, opset=_opset(fp32),
+                                 importance=importance)
     for name, entry in tensors.items():
         if entry["kind"] == "activation":
             entry.update(calib_report[name])
@@ -241,6 +244,19 @@ def _calibrate(model: onnx.ModelProto, plan: QuantPlan, data: Any, cfg: QuantCon
         amax[name] = compute_amax(st, calib.method, cfg.precision, percentile=calib.percentile)
         report[name] = {"method": calib.method, **st.to_dict()}
     return report, amax
+
+
+def _channel_power(model: onnx.ModelProto, plan: QuantPlan, data: Any, cfg: QuantConfig,
+                   progress: bool) -> dict[str, np.ndarray]:
+    """INT4 with calibration data: per-input-channel power of each weight's activation."""
+    if cfg.precision != "int4" or data is None or not plan.int4_inputs:
+        return {}
+    batches = open_batches(data, model, batch_size=cfg.calib.batch_size, max_samples=cfg.calib.max_samples)
+    try:
+        power = collect_channel_power(model, sorted(set(plan.int4_inputs.values())), batches, progress=progress)
+    finally:
+        batches.close()
+    return {w: power[x] for w, x in plan.int4_inputs.items()}
 
 
 def _run_check(model: onnx.ModelProto, cfg: QuantConfig) -> dict[str, Any]:
