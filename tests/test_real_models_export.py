@@ -63,6 +63,7 @@ def test_efficientnet_lite0_matches_torch(efficientnet: torch.nn.Module, tmp_pat
     assert (got.argmax(1) == want.argmax(1)).all()
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_fold_batchnorm_on_efficientnet_raw_export(efficientnet: torch.nn.Module) -> None:
     """The pass alone, on the constant-folded export with its 49 BatchNormalization nodes."""
     import onnxscript.optimizer

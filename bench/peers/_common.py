@@ -20,7 +20,20 @@ import numpy as np
 
 
 def rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB (Linux reports KiB)."""
+    """Peak resident set size of this process so far, in MB.
+
+    Linux's `ru_maxrss` starts from the RSS the parent had when it forked this process (exec saves
+    the old address space's high-water mark into it), so a runner started by a large parent would
+    report the parent's size. `VmHWM` in /proc/self/status is the same high-water mark for this
+    process's own address space only; `ru_maxrss` is the fallback elsewhere.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -399,8 +399,9 @@ def _export_error(model: torch.nn.Module, exc: Exception, running: tuple[str, st
         fix = "replace that op in the submodule with ops torch.onnx can translate to ONNX."
     else:
         fix = (
-            "make that code traceable by torch.export: no Python branches or .item()/.numpy() on "
-            "tensor values (use torch.where or torch.cond)."
+            "check that the model runs on example_inputs, then make that code traceable by "
+            "torch.export: no Python branches or .item()/.numpy() on tensor values (use torch.where "
+            "or torch.cond)."
         )
     return TrtqError(
         f"torch.onnx could not export {type(model).__name__}{place}: {type(cause).__name__}: {detail}", fix

@@ -99,10 +99,10 @@ def _skip_reason(bn: gs.Node, graph: gs.Graph) -> str | None:
         others.append("a graph output")
     if others:
         return f"the output of {_node_name(producer)!r} also feeds {others}"
-    return _param_reason(bn, producer) or _shape_reason(bn, producer)
+    return _param_reason(bn, producer, graph.outputs) or _shape_reason(bn, producer)
 
 
-def _param_reason(bn: gs.Node, producer: gs.Node) -> str | None:
+def _param_reason(bn: gs.Node, producer: gs.Node, graph_outputs: list[gs.Tensor]) -> str | None:
     """Why the BatchNormalization's or producer's parameters rule out the fold, or None."""
     for param in bn.inputs[1:5]:
         if not isinstance(param, gs.Constant):
@@ -115,6 +115,8 @@ def _param_reason(bn: gs.Node, producer: gs.Node) -> str | None:
         # Shape/Size read only the weight's shape, which the fold keeps.
         readers = _SHAPE_READERS if param is producer.inputs[1] else ()
         users = sorted({_node_name(n) for n in param.outputs if n is not producer and n.op not in readers})
+        if any(out is param for out in graph_outputs):
+            users.append("a graph output")
         if users:
             return f"{producer.op} parameter {param.name!r} is shared with {users}"
     return None
