@@ -1,0 +1,21 @@
+"""`trtq demo`: the README's first command does the whole job on the embedded model and data."""
+
+from __future__ import annotations
+
+import pytest
+
+from trtq.cli import main
+
+pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+
+
+def test_demo_quantizes_and_compares(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "[4/4]" in out and "accuracy vs labels" in out
+    assert (tmp_path / "digits_int8.onnx").exists() and (tmp_path / "digits_int8.trtq.json").exists()
+    from trtq.evaluate import compare
+
+    report = compare(tmp_path / "digits_fp32.onnx", tmp_path / "digits_int8.onnx", tmp_path / "eval.npz")
+    assert report.outputs[0].sqnr_db > 25 and report.outputs[0].top1_agreement > 0.98
