@@ -169,3 +169,46 @@ def test_model_without_quantizable_ops(tmp_path):
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
     with pytest.raises(TrtqError, match="no quantizable op"):
         trtq.quantize(helper.make_model(g), {"x": np.zeros((2, 1, 4), np.float32)[:, 0]}, progress=False)
+
+
+def test_torch_conv_bn_relu6_add_placement(tmp_path):
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU6())
+            self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU6())
+            self.pw = nn.Sequential(nn.Conv2d(16, 16, 1), nn.BatchNorm2d(16))
+
+        def forward(self, x):
+            y = self.stem(x)
+            return y + self.pw(self.dw(y))
+
+    torch.manual_seed(0)
+    module = Block().eval()
+    with torch.no_grad():
+        for bn in (m for m in module.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    data = {"x": np.random.RandomState(0).randn(16, 3, 12, 12).astype(np.float32)}
+    result = trtq.quantize(module, data, tmp_path / "q.onnx", example_inputs=(torch.zeros(1, 3, 12, 12),),
+                           progress=False)
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert "BatchNormalization" not in ops and ops.count("Conv") == 3
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type in ("Clip", "Relu"):  # conv + activation stays fused: no Q/DQ in between
+            assert producers[node.input[0]].op_type == "Conv"
+        if node.op_type == "Conv":
+            assert producers[node.input[0]].op_type == "DequantizeLinear"
+            assert producers[node.input[1]].op_type == "DequantizeLinear"
+    add = next(n for n in model.graph.node if n.op_type == "Add")
+    assert sorted(producers[i].op_type for i in add.input) == ["Conv", "DequantizeLinear"]
+    assert result.report["summary"]["residual_adds_quantized"] == 1
+    assert result.report["check"]["counts"]["warning"] == 0
+    feeds = {"x": np.random.RandomState(1).randn(4, 3, 12, 12).astype(np.float32)}
+    ref = module(torch.from_numpy(feeds["x"])).detach().numpy()
+    assert graphs.sqnr_db(ref, graphs.run(model, feeds)) > 25
