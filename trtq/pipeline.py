@@ -179,6 +179,8 @@ def _export_torch(module: Any, example_inputs: Any) -> onnx.ModelProto:
 
     from trtq.exporter.torch_export import export
 
+    if isinstance(example_inputs, list):
+        example_inputs = tuple(example_inputs)
     if isinstance(example_inputs, dict):
         names = list(example_inputs)
     else:

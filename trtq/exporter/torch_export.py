@@ -328,14 +328,27 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
             module.training = training
 
 
+# torch loggers that speak on every export about things trtq users cannot act on
+# ("torchvision is not installed. Skipping torchvision::nms" and the like).
+_NOISY_LOGGERS = ("torch.onnx._internal.exporter._registration",)
+
+
 @contextlib.contextmanager
 def _quiet_torch_warnings() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         # Two inputs sharing one symbol (batch of ids and mask): `_check_input_axes` reports it.
         warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
-        yield
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
 
 
 class _ModuleTracker:
