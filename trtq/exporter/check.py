@@ -744,7 +744,9 @@ def _output_quantized(g: _Graph) -> Iterator[_Hit]:
         for q in (c for c in users if g.op(c) == _Q):
             after = [c for c in users if g.op(c) != _Q]
             for dq in g.consumers.get(g.nodes[q].output[0], []):
-                after += g.consumers.get(g.nodes[dq].output[0], []) if g.op(dq) == _DQ else []
+                if g.op(dq) == _DQ:  # an Add reading the DQ is fine when it is the residual of another conv
+                    after += [c for c in g.consumers.get(g.nodes[dq].output[0], [])
+                              if not _is_residual_of_other_conv(g, c, g.nodes[dq].output[0])]
             fused = sorted({g.name(c) for c in after if _fuses_into_epilogue(g, c)})
             if fused:
                 message = (
@@ -1008,6 +1010,14 @@ def _types_and_shapes(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str,
                 d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim
             )
     return types, shapes
+
+
+def _is_residual_of_other_conv(g: _Graph, i: int, tensor: str) -> bool:
+    """True when node i is an Add whose other input comes straight from a Conv: `tensor` is its residual."""
+    if g.op(i) != "Add":
+        return False
+    others = [t for t in g.nodes[i].input if t != tensor]
+    return len(others) == 1 and g.op(g.producer.get(others[0])) == "Conv"
 
 
 def _fuses_into_epilogue(g: _Graph, i: int) -> bool:
