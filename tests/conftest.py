@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny models on disk, their data, and a CLI runner."""
+"""Shared fixtures: tiny models on disk and their calibration data."""
 
 from __future__ import annotations
 
@@ -16,27 +16,29 @@ import graphs  # noqa: E402
 
 @pytest.fixture
 def conv_model(tmp_path: Path) -> Path:
-    path = tmp_path / "conv.onnx"
-    onnx.save(graphs.conv_block(), str(path))
-    return path
+    return _save_model(graphs.conv_block(), tmp_path / "conv.onnx")
 
 
 @pytest.fixture
 def conv_calib(tmp_path: Path) -> Path:
-    path = tmp_path / "conv_calib.npz"
-    np.savez(path, **graphs.conv_data(32))
-    return path
+    return _save_npz(graphs.conv_data(32), tmp_path / "conv_calib.npz")
 
 
 @pytest.fixture
 def attention_model(tmp_path: Path) -> Path:
-    path = tmp_path / "attention.onnx"
-    onnx.save(graphs.attention_block(), str(path))
-    return path
+    return _save_model(graphs.attention_block(), tmp_path / "attention.onnx")
 
 
 @pytest.fixture
 def attention_calib(tmp_path: Path) -> Path:
-    path = tmp_path / "attention_calib.npz"
-    np.savez(path, **graphs.attention_data(32))
+    return _save_npz(graphs.attention_data(32), tmp_path / "attention_calib.npz")
+
+
+def _save_model(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, str(path))
+    return path
+
+
+def _save_npz(arrays: dict[str, np.ndarray], path: Path) -> Path:
+    np.savez(path, **arrays)
     return path

@@ -37,21 +37,9 @@ def test_int4_needs_no_calibration_data(attention_model, tmp_path):
                  "--block-size", "32", "--quiet"]) == 0
 
 
-def _bad_calib(tmp_path: Path) -> Path:
-    path = tmp_path / "bad.npz"
-    np.savez(path, image=np.zeros((2, 3, 12, 12), np.float32))
-    return path
-
-
-def _short_calib(tmp_path: Path) -> Path:
-    path = tmp_path / "short.npz"
-    np.savez(path, input=np.zeros((2, 3, 8, 8), np.float32))
-    return path
-
-
-def _empty_calib(tmp_path: Path) -> Path:
-    path = tmp_path / "empty.npz"
-    np.savez(path, input=np.zeros((0, 3, 12, 12), np.float32))
+def _npz(tmp_path: Path, name: str, **arrays: np.ndarray) -> Path:
+    path = tmp_path / name
+    np.savez(path, **arrays)
     return path
 
 
@@ -87,11 +75,11 @@ def test_user_errors_exit_2_without_output(conv_model, conv_calib, tmp_path, cap
     elif case == "missing-calib":
         calib = str(tmp_path / "nope.npz")
     elif case == "wrong-names":
-        calib = str(_bad_calib(tmp_path))
+        calib = str(_npz(tmp_path, "bad.npz", image=np.zeros((2, 3, 12, 12), np.float32)))
     elif case == "wrong-shape":
-        calib = str(_short_calib(tmp_path))
+        calib = str(_npz(tmp_path, "short.npz", input=np.zeros((2, 3, 8, 8), np.float32)))
     elif case == "empty-calib":
-        calib = str(_empty_calib(tmp_path))
+        calib = str(_npz(tmp_path, "empty.npz", input=np.zeros((0, 3, 12, 12), np.float32)))
     elif case == "bad-precision":
         extra = ["--precision", "int3"]
     elif case == "bad-method":
