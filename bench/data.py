@@ -1,121 +1,21 @@
 """Real, offline calibration and evaluation data, saved as .npz files shared by every tool.
 
-Images: the colour photos scikit-image and scikit-learn ship. Calibration and evaluation use
-different photos; each photo gives several deterministic square crops (three scales, four
-positions, mirrored or not) resized to 224x224 and normalised with the ImageNet mean/std.
-
-Text: English sentences from Python's own documentation (`pydoc_data.topics`). Topics are split
-alternately between calibration and evaluation, so the two sets share no sentence. Sentences are
-tokenised with the all-MiniLM-L6-v2 tokenizer, padded to a fixed length so the attention mask
-matters.
+The photos and sentences come from `trtq.testing.data` (the same the integration tests use): crops of
+the photos scikit-image and scikit-learn ship, calibration and evaluation from different photos; prose
+sentences of Python's own documentation, tokenised with the all-MiniLM-L6-v2 tokenizer and padded to a
+fixed length so the attention mask matters.
 
 Each .npz maps the model's input names to arrays whose first axis is the sample.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 
-IMAGE_SIZE = 224
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-
-CALIB_PHOTOS = ("astronaut", "rocket", "china", "motorcycle")
-EVAL_PHOTOS = ("coffee", "chelsea", "flower")
-
-# (crop side as a fraction of the photo's shorter side, (y, x) position in [0, 1], mirrored).
-# Ordered so that any prefix mixes scales, positions and mirroring.
-_VIEWS = [
-    (scale, pos, flip)
-    for flip in (False, True)
-    for pos in ((0.5, 0.5), (0.0, 0.0), (1.0, 1.0), (0.0, 1.0))
-    for scale in (1.0, 0.75, 0.55)
-]
-_VIEWS = _VIEWS[0::2] + _VIEWS[1::2]
-
-
-def load_photo(name: str) -> np.ndarray:
-    """An RGB uint8 photo, without any download."""
-    if name in ("china", "flower"):
-        from sklearn.datasets import load_sample_image
-
-        return load_sample_image(f"{name}.jpg")
-    import skimage.data
-
-    if name == "motorcycle":
-        return skimage.data.stereo_motorcycle()[0]
-    return getattr(skimage.data, name)()
-
-
-def _crop(photo: np.ndarray, scale: float, pos: tuple[float, float], flip: bool) -> np.ndarray:
-    from skimage.transform import resize
-
-    h, w = photo.shape[:2]
-    side = int(round(scale * min(h, w)))
-    y, x = int(round(pos[0] * (h - side))), int(round(pos[1] * (w - side)))
-    crop = photo[y : y + side, x : x + side]
-    if flip:
-        crop = crop[:, ::-1]
-    return resize(crop, (IMAGE_SIZE, IMAGE_SIZE), order=1, anti_aliasing=True, preserve_range=True)
-
-
-def image_batch(photos: tuple[str, ...], n: int) -> np.ndarray:
-    """`n` crops spread evenly over `photos`, as float32 NCHW ImageNet-normalised tensors."""
-    per_photo = -(-n // len(photos))
-    if per_photo > len(_VIEWS):
-        raise ValueError(f"at most {len(_VIEWS) * len(photos)} crops from {len(photos)} photos")
-    views = []
-    for i in range(per_photo):
-        for name in photos:
-            views.append((name, *_VIEWS[i]))
-    views = views[:n]
-    cache: dict[str, np.ndarray] = {}
-    out = np.empty((n, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
-    for k, (name, scale, pos, flip) in enumerate(views):
-        if name not in cache:
-            cache[name] = load_photo(name)
-        rgb = _crop(cache[name], scale, pos, flip).astype(np.float32) / 255.0
-        out[k] = ((rgb - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
-    return out
-
-
-def _prose_sentences(text: str) -> list[str]:
-    """Sentences from the prose paragraphs of a documentation page (code and headings dropped)."""
-    sentences = []
-    for para in re.split(r"\n\s*\n", text):
-        lines = para.split("\n")
-        if any(line.startswith((" ", "\t")) for line in lines):
-            continue  # code, grammar or an indented block
-        if len(lines) > 1 and re.fullmatch(r"[*=\-~^]+", lines[-1].strip() or "x"):
-            continue  # a heading with its underline
-        flat = " ".join(line.strip() for line in lines)
-        for s in re.split(r"(?<=[.!?])\s+(?=[A-Z])", flat):
-            letters = sum(c.isalpha() or c == " " for c in s)
-            if 40 <= len(s) <= 300 and s.endswith(".") and letters >= 0.85 * len(s):
-                sentences.append(s)
-    return sentences
-
-
-def _sentence_pool(split: str) -> list[str]:
-    """Distinct prose sentences of every other documentation topic, in topic order."""
-    from pydoc_data.topics import topics
-
-    keys = sorted(topics)[0 if split == "calib" else 1 :: 2]
-    return list(dict.fromkeys(s for key in keys for s in _prose_sentences(topics[key])))
-
-
-def sentences(split: str, n: int) -> list[str]:
-    """`n` sentences spread evenly over one split ("calib" or "eval"); the splits share none."""
-    pool = _sentence_pool(split)
-    if split == "eval":
-        calib = set(_sentence_pool("calib"))
-        pool = [s for s in pool if s not in calib]
-    if len(pool) < n:
-        raise ValueError(f"only {len(pool)} {split} sentences available, {n} asked")
-    return [pool[i] for i in np.linspace(0, len(pool) - 1, n).round().astype(int)]
+from trtq.testing.data import CALIB_PHOTOS, EVAL_PHOTOS, image_batch, sentences
+from trtq.testing.data import token_batch as _token_batch
 
 
 def token_batch(texts: list[str], seq_len: int) -> dict[str, np.ndarray]:
@@ -123,24 +23,31 @@ def token_batch(texts: list[str], seq_len: int) -> dict[str, np.ndarray]:
 
     from models import minilm_path
 
-    tok = AutoTokenizer.from_pretrained(minilm_path())
-    enc = tok(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="np")
-    return {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
+    return _token_batch(AutoTokenizer.from_pretrained(minilm_path()), texts, seq_len)
 
 
-def prepare(model: str, out_dir: Path, *, n_images: int = 64, n_sentences: int = 128, seq_len: int = 128) -> dict:
-    """Write `<model>_calib.npz` and `<model>_eval.npz` into out_dir (kept if present); return their paths."""
+def prepare(model: str, out_dir: Path, input_names: list[str], *, n_images: int = 64, n_sentences: int = 128,
+            seq_len: int = 128) -> dict:
+    """Write `<model>_calib.npz` and `<model>_eval.npz` into out_dir; return their paths.
+
+    Files already there are kept when their arrays are keyed by `input_names` (the model's inputs).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {split: out_dir / f"{model}_{split}.npz" for split in ("calib", "eval")}
     for split, path in paths.items():
         if path.exists():
-            continue
+            with np.load(path) as z:
+                if sorted(z.files) == sorted(input_names):
+                    continue
         if model == "effnet":
-            arrays = {"input": image_batch(CALIB_PHOTOS if split == "calib" else EVAL_PHOTOS, n_images)}
+            (name,) = input_names
+            arrays = {name: image_batch(CALIB_PHOTOS if split == "calib" else EVAL_PHOTOS, n_images)}
         elif model == "minilm":
             arrays = token_batch(sentences(split, n_sentences), seq_len)
         else:
             raise ValueError(f"unknown model {model!r}")
+        if sorted(arrays) != sorted(input_names):
+            raise ValueError(f"{model}: the model's inputs are {input_names}, the data has {sorted(arrays)}")
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, **arrays)
         tmp.replace(path)

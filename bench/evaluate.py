@@ -9,7 +9,8 @@ Fidelity on the evaluation .npz, in batches:
 - minilm (last_hidden_state): sentence embeddings by mean pooling under the attention mask (as
   sentence-transformers does), their mean cosine to FP32 and their SQNR.
 Latency: median over N timed runs (after warm-up) of one batch; the FP32 graph is timed with the
-same SessionOptions as the quantized one. Graph optimisations stay on (ORT_ENABLE_ALL) unless the
+same SessionOptions as the quantized one, run for run in alternation with it, so that both see the
+same load on the machine. Graph optimisations stay on (ORT_ENABLE_ALL) unless the
 graph fails to load or run with them; then both are timed with ORT_DISABLE_ALL and the row says so.
 """
 
@@ -51,17 +52,20 @@ def infer(sess: ort.InferenceSession, data: dict[str, np.ndarray], batch: int) -
                            for b in batches(data, batch)])
 
 
-def latency_ms(sess: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int, warmup: int = 3) -> float:
-    names = {i.name for i in sess.get_inputs()}
-    feed = {k: v for k, v in feed.items() if k in names}
+def paired_latency_ms(sessions: list[ort.InferenceSession], feed: dict[str, np.ndarray], runs: int,
+                      warmup: int = 3) -> list[float]:
+    """Median ms per batch of each session, timed in alternation so all see the same machine load."""
+    feeds = [{k: v for k, v in feed.items() if k in {i.name for i in s.get_inputs()}} for s in sessions]
     for _ in range(warmup):
-        sess.run(None, feed)
-    times = []
+        for s, f in zip(sessions, feeds):
+            s.run(None, f)
+    times: list[list[float]] = [[] for _ in sessions]
     for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(times)
+        for s, f, t in zip(sessions, feeds, times):
+            t0 = time.perf_counter()
+            s.run(None, f)
+            t.append((time.perf_counter() - t0) * 1000.0)
+    return [statistics.median(t) for t in times]
 
 
 def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
@@ -90,20 +94,20 @@ def qdq_counts(path: str) -> dict:
 
 
 class Model:
-    """The FP32 reference of one model: evaluation data, outputs, and latency per optimisation level."""
+    """The FP32 reference of one model: evaluation data, outputs, and sessions per optimisation level."""
 
     def __init__(self, name: str, fp32: str, eval_npz: str, args: argparse.Namespace):
         self.name, self.fp32, self.args = name, fp32, args
         with np.load(eval_npz) as z:
             self.data = {k: z[k] for k in z.files}
         self.feed = {k: v[: args.batch] for k, v in self.data.items()}
-        self.ref = infer(session(fp32, "all", args.threads), self.data, args.batch)
-        self._latency: dict[str, float] = {}
+        self._sessions = {"all": session(fp32, "all", args.threads)}
+        self.ref = infer(self._sessions["all"], self.data, args.batch)
 
-    def fp32_latency(self, opt: str) -> float:
-        if opt not in self._latency:
-            self._latency[opt] = latency_ms(session(self.fp32, opt, self.args.threads), self.feed, self.args.runs)
-        return self._latency[opt]
+    def fp32_session(self, opt: str) -> ort.InferenceSession:
+        if opt not in self._sessions:
+            self._sessions[opt] = session(self.fp32, opt, self.args.threads)
+        return self._sessions[opt]
 
 
 def evaluate(model: Model, path: str, args: argparse.Namespace) -> dict:
@@ -116,8 +120,8 @@ def evaluate(model: Model, path: str, args: argparse.Namespace) -> dict:
             errors.append(f"ORT_{'ENABLE' if opt == 'all' else 'DISABLE'}_ALL: {type(exc).__name__}: {exc}"[:600])
             continue
         row = {"ort_opt": opt, **fidelity(model.name, model.ref, out, model.data), **qdq_counts(path)}
-        row["latency_ms"] = latency_ms(sess, model.feed, args.runs)
-        row["fp32_latency_ms"] = model.fp32_latency(opt)
+        row["fp32_latency_ms"], row["latency_ms"] = paired_latency_ms(
+            [model.fp32_session(opt), sess], model.feed, args.runs)
         if errors:
             row["load_error"] = errors[0]
         return row

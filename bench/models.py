@@ -1,12 +1,14 @@
 """The benchmark's FP32 ONNX models, exported once and cached in the output folder.
 
-- effnet: EfficientNet-Lite0 with ImageNet weights; input "input" float32 (batch, 3, 224, 224),
-  output "logits" (batch, 1000).
+- effnet: EfficientNet-Lite0 with ImageNet weights; one float32 input (batch, 3, 224, 224) (named
+  "images" by trtq's exporter, "input" by the fallback), output "logits" (batch, 1000).
 - minilm: all-MiniLM-L6-v2 (eager attention); inputs "input_ids" and "attention_mask" int64
   (batch, seq), output "last_hidden_state" (batch, seq, 384).
 
 Export goes through `trtq.testing.models` when that module exists (so the bench measures the same
-graphs as trtq's tests); otherwise through `torch.onnx.export` (TorchScript exporter, opset 17).
+graphs as trtq's tests; dynamo exporter, BatchNorm folded, opset 18); otherwise through
+`torch.onnx.export` (TorchScript exporter, opset 17). A cached file is reused only when the same
+exporter made it.
 """
 
 from __future__ import annotations
@@ -50,52 +52,75 @@ def _torch_export(module, args, path: Path, input_names, output_names, dynamic_a
         )
 
 
-def _export_effnet(path: Path) -> None:
+def _torch_effnet(path: Path) -> None:
+    import torch
+
+    _torch_export(
+        load_efficientnet_lite0(), (torch.zeros(1, 3, 224, 224),), path, ["input"], ["logits"],
+        {"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
+
+
+def _torch_minilm(path: Path, seq_len: int) -> None:
+    """The TorchScript trace bakes the sequence length in: the graph is right for `seq_len` only."""
+    import torch
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self, bert):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    ids = torch.ones(2, seq_len, dtype=torch.int64)
+    axes = {0: "batch", 1: "seq"}
+    _torch_export(
+        LastHidden(load_minilm()), (ids, torch.ones_like(ids)), path, ["input_ids", "attention_mask"],
+        ["last_hidden_state"], {"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes},
+    )
+
+
+def exporter() -> str:
+    """Which exporter `export` uses here: trtq's own when `trtq.testing.models` imports."""
     try:
-        from trtq.testing.models import export_efficientnet_lite0
+        import trtq.testing.models  # noqa: F401
     except ImportError:
-        import torch
+        return "torch.onnx.export"
+    return "trtq.testing.models"
 
-        _torch_export(
-            load_efficientnet_lite0(), (torch.zeros(1, 3, 224, 224),), path, ["input"], ["logits"],
-            {"input": {0: "batch"}, "logits": {0: "batch"}},
-        )
+
+def _export(model: str, path: Path, seq_len: int) -> None:
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
+    if exporter() == "trtq.testing.models":
+        from trtq.testing import models as tm
+
+        if model == "effnet":
+            tm.export_efficientnet_lite0(path)
+        else:
+            tm.export_minilm(path, seq_len=seq_len)
+    elif model == "effnet":
+        _torch_effnet(path)
     else:
-        export_efficientnet_lite0(path)
+        _torch_minilm(path, seq_len)
 
 
-def _export_minilm(path: Path, seq_len: int) -> None:
-    try:
-        from trtq.testing.models import export_minilm
-    except ImportError:
-        import torch
+def input_names(path: str) -> list[str]:
+    import onnx
 
-        class LastHidden(torch.nn.Module):
-            def __init__(self, bert):
-                super().__init__()
-                self.bert = bert
-
-            def forward(self, input_ids, attention_mask):
-                return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-        ids = torch.ones(2, seq_len, dtype=torch.int64)
-        mask = torch.ones(2, seq_len, dtype=torch.int64)
-        _torch_export(
-            LastHidden(load_minilm()), (ids, mask), path, ["input_ids", "attention_mask"],
-            ["last_hidden_state"],
-            {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-             "last_hidden_state": {0: "batch", 1: "seq"}},
-        )
-    else:
-        export_minilm(path, seq_len=seq_len)
+    graph = onnx.load(path, load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    return [i.name for i in graph.input if i.name not in inits]
 
 
 def export(model: str, out_dir: Path, *, seq_len: int = 128) -> str:
-    """Path of `<out_dir>/<model>_fp32.onnx`, exported now unless already there."""
+    """Path of `<out_dir>/<model>_fp32.onnx`, exported now unless a file from the same exporter is there."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{model}_fp32.onnx"
-    if path.exists():
+    path, stamp = out_dir / f"{model}_fp32.onnx", out_dir / f"{model}_fp32.exporter"
+    source = f"{exporter()} seq_len={seq_len}" if model == "minilm" else exporter()
+    if path.exists() and stamp.exists() and stamp.read_text() == source:
         return str(path)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         tmp_path = Path(tmp) / path.name
@@ -104,16 +129,8 @@ def export(model: str, out_dir: Path, *, seq_len: int = 128) -> str:
             _export(model, tmp_path, seq_len)
         _check_single_file(tmp_path)
         tmp_path.replace(path)
+    stamp.write_text(source)
     return str(path)
-
-
-def _export(model: str, path: Path, seq_len: int) -> None:
-    if model == "effnet":
-        _export_effnet(path)
-    elif model == "minilm":
-        _export_minilm(path, seq_len)
-    else:
-        raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
 
 
 def _check_single_file(path: Path) -> None:

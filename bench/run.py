@@ -50,7 +50,7 @@ def tool_problem(tool: str, python: str) -> str | None:
     proc = subprocess.run([python, "-c", READY[tool]], capture_output=True, text=True, cwd="/")
     if proc.returncode:
         last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return f"skipped: `{READY[tool]}` fails ({last})"
+        return f"`{READY[tool]}` fails ({last})"
     return None
 
 
@@ -126,6 +126,8 @@ def _cell(row: dict, key: str) -> str:
     v = row.get(key)
     if key == "qdq":
         return f"{row['q_nodes']}/{row['dq_nodes']}" if "q_nodes" in row else ""
+    if key == "method" and not v and row.get("method_used"):
+        return f"default ({row['method_used']})"
     if key == "ort_opt":
         return {"all": "all", "none": "DISABLE_ALL"}.get(v, "")
     if v is None:
@@ -178,7 +180,7 @@ def plan(model_names: list[str], tool_names: list[str]) -> list[dict]:
         for tool in tool_names:
             for precision, method, only in TOOLS[tool][1]:
                 if only is None or m in only:
-                    rows.append({"key": f"{m}/{tool}/{precision}/{method}", "model": m, "tool": tool,
+                    rows.append({"key": f"{m}/{tool}/{precision}/{method or 'default'}", "model": m, "tool": tool,
                                  "precision": precision, "method": method})
     return rows
 
@@ -209,7 +211,8 @@ def main() -> None:
     paths = {}
     for m in model_names:
         print(f"[bench] data and FP32 model: {m}", flush=True)
-        paths[m] = {**data.prepare(m, out / "data"), "fp32": models.export(m, out / "models")}
+        fp32 = models.export(m, out / "models")
+        paths[m] = {"fp32": fp32, **data.prepare(m, out / "data", models.input_names(fp32))}
 
     rows = plan(model_names, tool_names)
     problems = {t: tool_problem(t, tool_python(t, args.trtq_python)) for t in tool_names}

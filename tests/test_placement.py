@@ -56,3 +56,12 @@ def test_int4_is_weight_only_on_matmul_with_divisible_k():
 def test_int4_skips_convolutions():
     plan = plan_quantization(_infer(graphs.conv_block()), "int4", block_size=2)
     assert {s["node"] for s in plan.skipped} >= {"conv1", "dwconv", "conv2"}
+
+
+def test_fp8_leaves_depthwise_and_few_channel_convs_in_float():
+    plan = plan_quantization(_infer(graphs.conv_block(channels=32)), "fp8")
+    reasons = {s["node"]: s["reason"] for s in plan.skipped}
+    assert set(reasons) == {"conv1", "dwconv"}  # 3 input channels; depthwise (1 channel per group)
+    assert "per group" in reasons["dwconv"]
+    assert plan.quantized_nodes == ["conv2", "fc"]
+    assert plan.residual_adds == ["residual_add"]

@@ -22,8 +22,8 @@ __all__ = [
 
 PRECISIONS = ("int8", "fp8", "int4")
 CALIB_METHODS = ("minmax", "percentile", "entropy", "mse")
-# Chosen on bench/: see README "Calibration methods" for the figures behind it.
-DEFAULT_CALIB_METHOD = "mse"
+# Chosen on bench/ (best on both real models there): see README "Calibration methods" for the figures.
+DEFAULT_CALIB_METHOD = "minmax"
 TRT_VERSIONS = ("10.3", "10.16", "11")
 
 
@@ -119,14 +119,16 @@ class CalibConfig(_JsonConfig):
         method: minmax | percentile | entropy | mse (see algorithms.md §8 for each).
         percentile: the percentile of |x| kept by the percentile method.
         num_bins: histogram bins over [0, max|x|] for the histogram methods.
-        batch_size: samples per ONNX Runtime run when trtq batches arrays itself (.npz input).
+        batch_size: samples per ONNX Runtime run when trtq batches arrays itself (.npz input). Ranges
+            do not depend on it; peak memory grows with it (every observed activation of a batch is
+            held at once), and on CPU larger batches are not faster, hence 1.
         max_samples: stop after this many samples (None: use all).
     """
 
     method: str = DEFAULT_CALIB_METHOD
     percentile: float = 99.99
     num_bins: int = 2048
-    batch_size: int = 8
+    batch_size: int = 1
     max_samples: int | None = None
 
     def __post_init__(self) -> None:

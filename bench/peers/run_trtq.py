@@ -9,7 +9,8 @@ def quantize(args):
     result = trtq.quantize(args.model, args.calib, output=args.output, precision=args.precision,
                            calib_method=args.method, seed=0)
     report = result.report or {}
-    return {"method_used": report.get("options", {}).get("calib_method", args.method)}
+    return {"method_used": report.get("config", {}).get("calib", {}).get("method"),
+            "check_counts": report.get("check", {}).get("counts")}
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ Rules (shared/reference/anchors-trt-modelopt.md §2.3; DESIGN.md "TensorRT rules
   input: only weighted-op inputs and conv residuals get Q/DQ, so those fusions stay intact.
 - INT4 is weight-only: constant MatMul/Gemm weights, block-wise along the reduction axis K, when K is
   a multiple of the block size.
+- FP8 leaves convolutions with at most 16 input or output channels per group (depthwise convs among
+  them) or a kernel volume over 32 in floating point: TensorRT has no FP8 tactic that pays for them
+  (the same limits ModelOpt applies, anchors-trt-modelopt.md §1.2), and their few-term dot products
+  lose the most to E4M3's 3-bit mantissa.
 A tensor feeding several quantized consumers gets one shared Q/DQ (one scale), as TensorRT expects.
 """
 
@@ -80,6 +84,10 @@ def plan_quantization(model: onnx.ModelProto, precision: str, exclude: Sequence[
         if any(p.search(name) for p in patterns):
             plan.skipped.append({"node": name, "op": node.op, "reason": "matched --exclude"})
             continue
+        reason = _fp8_conv_skip_reason(node) if precision == "fp8" else None
+        if reason:
+            plan.skipped.append({"node": name, "op": node.op, "reason": reason})
+            continue
         planned = _plan_int4(node, name, block_size, plan) if precision == "int4" else _plan_weighted(node, name, plan)
         if planned:
             plan.quantized_nodes.append(name)
@@ -125,6 +133,25 @@ def _weight_axis(node: gs.Node, index: int, rank: int) -> int | None:
         return 1 if node.attrs.get("transA", 0) else 0
     if node.op == "MatMul" and rank >= 2:
         return rank - 1 if index == 1 else rank - 2
+    return None
+
+
+def _fp8_conv_skip_reason(node: gs.Node) -> str | None:
+    """Why an FP8 convolution stays in floating point (None: quantize it)."""
+    if node.op not in ("Conv", "ConvTranspose") or len(node.inputs) < 2:
+        return None
+    const = _constant(node.inputs[1])
+    if const is None or const.values.ndim < 3:
+        return None
+    shape = const.values.shape
+    group = int(node.attrs.get("group", 1))
+    c_out, c_in = (shape[0], shape[1]) if node.op == "Conv" else (shape[1] * group, shape[0] // group)
+    per_group = (c_in, c_out // group)
+    if min(per_group) <= 16:
+        return f"FP8 conv with {per_group[0]} input / {per_group[1]} output channels per group (<= 16)"
+    volume = int(np.prod(shape[2:]))
+    if volume > 32:
+        return f"FP8 conv with kernel volume {volume} (> 32)"
     return None
 
 
