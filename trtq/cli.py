@@ -35,6 +35,8 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-size", type=int, default=128, help="INT4 block size (default 128)")
     p.add_argument("--opset", type=int, help="output opset (default: the lowest the precision needs)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--passes", help="comma-separated graph passes to run before calibration "
+                   "(cle, rotate, smoothquant, repq, biascorr; 'none' for no pass; default: per model family)")
     _add_target_args(p)
     p.add_argument("--no-check", action="store_true", help="write the output even if `trtq check` finds errors")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -54,6 +56,13 @@ def _target(args: argparse.Namespace) -> Target | None:
     return Target(args.target, args.trt)
 
 
+def _passes(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    return () if names in ((), ("none",)) else names
+
+
 def _run_quantize(args: argparse.Namespace) -> int:
     from trtq.pipeline import quantize
 
@@ -67,6 +76,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
         opset=args.opset,
         target=_target(args),
         check=not args.no_check,
+        passes=_passes(args.passes),
     )
     if config.precision != "int4" and not args.calib_data:
         raise TrtqError(f"{config.precision.upper()} needs calibration data.", "pass --calib-data CALIB.npz.")

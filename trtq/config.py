@@ -156,6 +156,8 @@ class QuantConfig(_JsonConfig):
         opset: ONNX opset of the output (None: the lowest one the precision needs, or the model's own).
         target: the device family the graph is checked against (None: TensorRT's rules only).
         check: run `trtq.check` on the output and refuse to write it when it finds errors.
+        passes: graph passes to run before calibration (cle, rotate, smoothquant, repq, biascorr);
+            None: the defaults for the model's family; () : none.
     """
 
     precision: str = "int8"
@@ -166,6 +168,7 @@ class QuantConfig(_JsonConfig):
     opset: int | None = None
     target: Target | None = None
     check: bool = True
+    passes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         _choice(self.precision, PRECISIONS, "precision", "--precision")

@@ -17,11 +17,12 @@ import onnx
 
 from trtq import _io
 from trtq._version import __version__
-from trtq.calibrators.data import open_batches
+from trtq.calibrators.data import BatchStream, open_batches
 from trtq.calibrators.methods import compute_amax
-from trtq.calibrators.stats import collect_channel_power, collect_stats
+from trtq.calibrators.stats import collect_channel_stats, collect_stats
 from trtq.config import CalibConfig, QuantConfig, Target
 from trtq.errors import TrtqError
+from trtq.exporter.passes import PassContext, get_pass, resolve_passes
 from trtq.exporter.placement import QuantPlan, plan_quantization
 from trtq.exporter.qdq import insert_qdq
 
@@ -45,6 +46,7 @@ class QuantizeResult:
     path: Path | None = None
     report_path: Path | None = None
     seconds: float = 0.0
+    pass_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def quantize(
@@ -83,7 +85,35 @@ def quantize(
     started = time.perf_counter()
     fp32, source = _load_input(model, example_inputs, output)
     fp32 = _prepare(fp32, cfg)
-    plan = plan_quantization(fp32, cfg.precision, cfg.exclude, cfg.block_size)
+    batches = None
+    if calib_data is not None or cfg.precision != "int4":
+        batches = open_batches(calib_data, fp32, batch_size=cfg.calib.batch_size, max_samples=cfg.calib.max_samples)
+    try:
+        folded, pass_reports, pass_seconds = _run_passes(fp32, cfg, batches, progress)
+        plan = _plan(folded, cfg)
+        calib_report, amax = _calibrate(folded, plan, batches, cfg, progress)
+        importance = _channel_power(folded, plan, batches, progress)
+    finally:
+        if batches is not None:
+            batches.close()
+    qmodel, tensors = insert_qdq(folded, plan, amax, cfg.precision, block_size=cfg.block_size,
+                                 opset=_opset(folded), importance=importance)
+    for name, entry in tensors.items():
+        if entry["kind"] == "activation":
+            entry.update(calib_report[name])
+    report = _report(cfg, source, plan, tensors, calib_report)
+    report["passes"] = pass_reports
+    if cfg.check:
+        report["check"] = _run_check(qmodel, cfg)
+    result = QuantizeResult(qmodel, report, seconds=time.perf_counter() - started, pass_seconds=pass_seconds)
+    if output is not None:
+        result.path = _io.save_model(qmodel, output)
+        result.report_path = _io.write_json(report, _io.sidecar_path(output))
+    return result
+
+
+def _plan(model: onnx.ModelProto, cfg: QuantConfig) -> QuantPlan:
+    plan = plan_quantization(model, cfg.precision, cfg.exclude, cfg.block_size)
     if plan.empty:
         raise TrtqError(
             f"the model has no quantizable op for {cfg.precision.upper()} (Conv/ConvTranspose/Gemm/MatMul"
@@ -91,21 +121,23 @@ def quantize(
             + (f"; {len(plan.skipped)} excluded or skipped" if plan.skipped else "") + ").",
             "check --exclude, or quantize a model that has convolutions or matrix multiplications.",
         )
-    calib_report, amax = _calibrate(fp32, plan, calib_data, cfg, progress)
-    importance = _channel_power(fp32, plan, calib_data, cfg, progress)
-    qmodel, tensors = insert_qdq(fp32, plan, amax, cfg.precision, block_size=cfg.block_size, opset=_opset(fp32),
-                                 importance=importance)
-    for name, entry in tensors.items():
-        if entry["kind"] == "activation":
-            entry.update(calib_report[name])
-    report = _report(cfg, source, plan, tensors, calib_report)
-    if cfg.check:
-        report["check"] = _run_check(qmodel, cfg)
-    result = QuantizeResult(qmodel, report, seconds=time.perf_counter() - started)
-    if output is not None:
-        result.path = _io.save_model(qmodel, output)
-        result.report_path = _io.write_json(report, _io.sidecar_path(output))
-    return result
+    return plan
+
+
+def _run_passes(model: onnx.ModelProto, cfg: QuantConfig, batches: BatchStream | None,
+                progress: bool) -> tuple[onnx.ModelProto, dict[str, Any], dict[str, float]]:
+    """Run the graph passes `cfg.passes` names (or the model family's defaults), in their fixed order."""
+    ctx = PassContext(cfg, batches, progress)
+    reports: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    for name in resolve_passes(cfg.passes, model, cfg.precision):
+        started = time.perf_counter()
+        result = get_pass(name)(model, ctx)
+        model = result.model
+        reports[name] = result.report
+        seconds[name] = time.perf_counter() - started
+        logger.info("pass %s: %.1f s", name, seconds[name])
+    return model, reports, seconds
 
 
 def calibrate(
@@ -132,8 +164,13 @@ def calibrate(
         raise TrtqError("INT4 is weight-only: it has no activation ranges to calibrate.", "use int8 or fp8.")
     fp32, _ = _load_input(model, example_inputs, None)
     fp32 = _prepare(fp32, cfg)
-    plan = plan_quantization(fp32, cfg.precision, cfg.exclude, cfg.block_size)
-    report, amax = _calibrate(fp32, plan, calib_data, cfg, progress)
+    batches = open_batches(calib_data, fp32, batch_size=cfg.calib.batch_size, max_samples=cfg.calib.max_samples)
+    try:
+        fp32, _, _ = _run_passes(fp32, cfg, batches, progress)
+        plan = _plan(fp32, cfg)
+        report, amax = _calibrate(fp32, plan, batches, cfg, progress)
+    finally:
+        batches.close()
     return {n: {**report[n], "amax": amax[n], "scale": amax[n] / QMAX[cfg.precision]} for n in sorted(report)}
 
 
@@ -229,17 +266,13 @@ def _convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
         ) from exc
 
 
-def _calibrate(model: onnx.ModelProto, plan: QuantPlan, data: Any, cfg: QuantConfig,
+def _calibrate(model: onnx.ModelProto, plan: QuantPlan, batches: BatchStream | None, cfg: QuantConfig,
                progress: bool) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
-    if not plan.activations:
+    if not plan.activations or batches is None:
         return {}, {}
     calib: CalibConfig = cfg.calib
-    batches = open_batches(data, model, batch_size=calib.batch_size, max_samples=calib.max_samples)
-    try:
-        stats = collect_stats(model, sorted(plan.activations), batches,
-                              histograms=calib.method != "minmax", num_bins=calib.num_bins, progress=progress)
-    finally:
-        batches.close()
+    stats = collect_stats(model, sorted(plan.activations), batches,
+                          histograms=calib.method != "minmax", num_bins=calib.num_bins, progress=progress)
     amax: dict[str, float] = {}
     report: dict[str, dict[str, Any]] = {}
     for name, st in stats.items():
@@ -248,17 +281,13 @@ def _calibrate(model: onnx.ModelProto, plan: QuantPlan, data: Any, cfg: QuantCon
     return report, amax
 
 
-def _channel_power(model: onnx.ModelProto, plan: QuantPlan, data: Any, cfg: QuantConfig,
+def _channel_power(model: onnx.ModelProto, plan: QuantPlan, batches: BatchStream | None,
                    progress: bool) -> dict[str, np.ndarray]:
     """INT4 with calibration data: per-input-channel power of each weight's activation."""
-    if cfg.precision != "int4" or data is None or not plan.int4_inputs:
+    if batches is None or not plan.int4_inputs:
         return {}
-    batches = open_batches(data, model, batch_size=cfg.calib.batch_size, max_samples=cfg.calib.max_samples)
-    try:
-        power = collect_channel_power(model, sorted(set(plan.int4_inputs.values())), batches, progress=progress)
-    finally:
-        batches.close()
-    return {w: power[x] for w, x in plan.int4_inputs.items()}
+    stats = collect_channel_stats(model, {x: -1 for x in set(plan.int4_inputs.values())}, batches, progress=progress)
+    return {w: stats[x].sqmean for w, x in plan.int4_inputs.items()}
 
 
 def _run_check(model: onnx.ModelProto, cfg: QuantConfig) -> dict[str, Any]:

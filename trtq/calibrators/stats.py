@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +23,7 @@ import onnx
 from trtq._ort import make_session
 from trtq.calibrators.data import BatchStream
 
-__all__ = ["SENTINEL", "TensorStats", "collect_channel_power", "collect_stats"]
+__all__ = ["SENTINEL", "ChannelStats", "TensorStats", "collect_channel_stats", "collect_stats"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,26 +133,54 @@ def _progress(batches: Iterable[dict[str, np.ndarray]], desc: str, enabled: bool
             bar.update(next(iter(batch.values())).shape[0])
 
 
-def collect_channel_power(
+@dataclass
+class ChannelStats:
+    """Per-channel statistics of one tensor along one axis (finite values only)."""
+
+    absmax: np.ndarray
+    mean: np.ndarray
+    sqmean: np.ndarray
+    count: np.ndarray
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"absmax": self.absmax.tolist(), "mean": self.mean.tolist(), "sqmean": self.sqmean.tolist()}
+
+
+def collect_channel_stats(
     model: onnx.ModelProto,
-    tensors: Sequence[str],
+    axes: Mapping[str, int],
     batches: BatchStream,
     *,
     progress: bool = True,
-) -> dict[str, np.ndarray]:
-    """Mean of x² per last-axis channel of each tensor (finite values only), in one pass.
+) -> dict[str, ChannelStats]:
+    """Per-channel max |x|, mean and mean of x² of each tensor along its axis, in one pass.
 
-    This is the per-input-channel weight of a MatMul's output error: for y = x W,
+    Args:
+        model: the graph to run.
+        axes: tensor name -> channel axis (negative counts from the end: -1 for a MatMul input's
+            features, 1 for an NCHW activation's channels).
+        batches: the data.
+        progress: show a progress bar.
+
+    The mean of x² is the per-input-channel weight of a linear layer's output error: for y = x W,
     E||Δy||² = sum_k E[x_k²] ||ΔW_k||² when channels are uncorrelated.
     """
-    session = make_session(model, outputs=list(tensors))
-    names = list(tensors)
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, np.ndarray] = {}
-    for batch in _progress(batches, "calibrate: channel power", progress):
+    names = sorted(axes)
+    session = make_session(model, outputs=names)
+    acc: dict[str, list[np.ndarray]] = {}
+    for batch in _progress(batches, "calibrate: channel statistics", progress):
         for name, value in zip(names, session.run(names, batch)):
-            x = np.asarray(value, dtype=np.float64).reshape(-1, value.shape[-1])
+            x = np.moveaxis(np.asarray(value, dtype=np.float64), axes[name], -1)
+            x = x.reshape(-1, x.shape[-1])
             finite = np.abs(x) < SENTINEL
-            sums[name] = sums.get(name, 0) + np.where(finite, x * x, 0.0).sum(axis=0)
-            counts[name] = counts.get(name, 0) + finite.sum(axis=0)
-    return {n: sums[n] / np.maximum(counts[n], 1) for n in names}
+            x = np.where(finite, x, 0.0)
+            parts = [np.abs(x).max(axis=0), x.sum(axis=0), (x * x).sum(axis=0), finite.sum(axis=0)]
+            if name in acc:
+                old = acc[name]
+                parts = [np.maximum(old[0], parts[0]), *(o + p for o, p in zip(old[1:], parts[1:]))]
+            acc[name] = parts
+    out = {}
+    for name, (absmax, total, squares, count) in acc.items():
+        n = np.maximum(count, 1)
+        out[name] = ChannelStats(absmax, total / n, squares / n, count)
+    return out
