@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import onnx
 
-__all__ = ["has_low_precision_types", "make_session", "tensor_types"]
+from trtq._shapes import tensor_types
+
+__all__ = ["has_low_precision_types", "make_session", "outputs_added"]
 
 logger = logging.getLogger(__name__)
 
@@ -22,19 +25,6 @@ _LOW_PRECISION = {
     onnx.TensorProto.INT4,
     onnx.TensorProto.UINT4,
 }
-
-
-def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every tensor whose type ONNX shape inference can tell."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception as exc:  # inference is best effort; ORT still needs a type for extra outputs
-        logger.debug("shape inference failed: %s", exc)
-        inferred = model
-    g = inferred.graph
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*g.input, *g.value_info, *g.output]}
-    types.update({init.name: init.data_type for init in g.initializer})
-    return types
 
 
 def has_low_precision_types(model: onnx.ModelProto) -> bool:
@@ -53,20 +43,23 @@ def _zero_point_type(node: onnx.NodeProto, model: onnx.ModelProto) -> int | None
     return None
 
 
-def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """A copy of `model` whose graph also outputs the tensors `names` (in that order)."""
-    if not names:
-        return model
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    existing = {o.name for o in out.graph.output}
-    types = tensor_types(model)
-    for name in names:
-        if name in existing:
-            continue
-        out.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
-        existing.add(name)
-    return out
+@contextlib.contextmanager
+def outputs_added(model: onnx.ModelProto, names: Sequence[str]) -> Iterator[onnx.ModelProto]:
+    """`model` with the tensors `names` added as graph outputs for the block, restored afterwards.
+
+    Mutating in place for the duration avoids copying the weights (a model-sized allocation).
+    """
+    existing = {o.name for o in model.graph.output}
+    extra = [n for n in dict.fromkeys(names) if n not in existing]
+    types = tensor_types(model, extra) if extra else {}
+    model.graph.output.extend(
+        onnx.helper.make_tensor_value_info(n, types.get(n) or onnx.TensorProto.FLOAT, None) for n in extra
+    )
+    try:
+        yield model
+    finally:
+        if extra:
+            del model.graph.output[-len(extra):]
 
 
 def make_session(
@@ -92,7 +85,6 @@ def make_session(
     """
     import onnxruntime as ort
 
-    model = with_outputs(model, outputs)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if optimize is None:
@@ -105,9 +97,12 @@ def make_session(
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
     if threads:
         opts.intra_op_num_threads = threads
-    if model.ByteSize() < 2**31 - 1:
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    with tempfile.TemporaryDirectory() as scratch:  # models over 2 GB need external data on disk
-        path = Path(scratch) / "model.onnx"
-        onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data")
-        return ort.InferenceSession(os.fspath(path), opts, providers=["CPUExecutionProvider"])
+    with outputs_added(model, outputs) as exposed:
+        if exposed.ByteSize() < 2**31 - 1:
+            return ort.InferenceSession(exposed.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        with tempfile.TemporaryDirectory() as scratch:  # models over 2 GB need external data on disk
+            path = Path(scratch) / "model.onnx"
+            onnx.save_model(exposed, str(path), save_as_external_data=True, location="model.onnx.data")
+            # save_model moved the weights out of `exposed`: load them back before it is restored
+            onnx.load_external_data_for_model(exposed, scratch)
+            return ort.InferenceSession(os.fspath(path), opts, providers=["CPUExecutionProvider"])

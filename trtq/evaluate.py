@@ -14,7 +14,8 @@ import numpy as np
 import onnx
 
 from trtq._io import load_model, write_json
-from trtq._ort import make_session, tensor_types
+from trtq._ort import make_session
+from trtq._shapes import tensor_types
 from trtq.calibrators.data import Batch, BatchStream, InputSpec, model_inputs
 from trtq.errors import TrtqError
 

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from trtq import _io
+from trtq._shapes import add_inferred_shapes
 from trtq._version import __version__
 from trtq.calibrators.data import BatchStream, open_batches
 from trtq.calibrators.methods import compute_amax
@@ -243,11 +244,7 @@ def _prepare(model: onnx.ModelProto, cfg: QuantConfig) -> onnx.ModelProto:
     target = max(cfg.opset or 0, MIN_OPSET[cfg.precision], _opset(model))
     if target != _opset(model):
         model = _convert_opset(model, target)
-    try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception as exc:  # noqa: BLE001 - types are optional hints for placement
-        logger.warning("shape inference failed (%s); continuing without inferred types", exc)
-        return model
+    return add_inferred_shapes(model)
 
 
 def _opset(model: onnx.ModelProto) -> int:

@@ -51,7 +51,6 @@ Only the main graph is read (not If/Loop subgraphs or local functions); Q/DQ mea
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -62,6 +61,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from trtq._io import load_model
+from trtq._shapes import inferred_graph
 from trtq.config import TARGETS, TRT_VERSIONS, Target
 from trtq.errors import TrtqError
 
@@ -979,24 +979,7 @@ def _granularity(scale_shape: tuple[int | None, ...] | None, block_size: int) ->
 
 def _types_and_shapes(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, tuple[int | None, ...]]]:
     """Element types and shapes of the main graph's tensors, by ONNX shape inference on a weightless copy."""
-    light = onnx.ModelProto(ir_version=model.ir_version)
-    light.opset_import.extend(model.opset_import)
-    light.functions.extend(model.functions)
-    graph = light.graph
-    graph.node.extend(model.graph.node)
-    graph.input.extend(model.graph.input)
-    graph.output.extend(model.graph.output)
-    graph.value_info.extend(model.graph.value_info)
-    for init in model.graph.initializer:
-        small = (
-            np.prod(init.dims, dtype=np.int64) <= _STUB_ELEMENTS
-            and init.data_location != TensorProto.EXTERNAL
-        )
-        graph.initializer.append(
-            init if small else TensorProto(name=init.name, data_type=init.data_type, dims=init.dims)
-        )
-    with contextlib.suppress(Exception):  # an invalid or unusual graph keeps its declared types only
-        graph = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True).graph
+    graph = inferred_graph(model, _STUB_ELEMENTS)
     types: dict[str, int] = {}
     shapes: dict[str, tuple[int | None, ...]] = {}
     for vi in (*graph.input, *graph.value_info, *graph.output):

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from trtq._io import save_model
+from trtq._shapes import add_inferred_shapes
 from trtq.errors import TrtqError
 from trtq.exporter.passes.fold_batchnorm import fold_batchnorm as fold_batchnorm_pass
 
@@ -562,31 +563,4 @@ def _infer_shapes(proto: onnx.ModelProto, strip_bytes: int = _SHAPE_INFERENCE_ST
     Initializers over `strip_bytes` are hidden while inference runs (it needs their shapes, not
     their values), so models over protobuf's 2 GB limit are inferred too.
     """
-    with _weights_hidden(proto, strip_bytes):
-        try:
-            inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
-        except Exception as exc:  # onnx raises InferenceError, ValueError or RuntimeError here
-            logger.warning("onnx shape inference failed, keeping the exporter's shapes: %s", exc)
-            return proto
-    del proto.graph.value_info[:]
-    proto.graph.value_info.extend(inferred.graph.value_info)
-    return proto
-
-
-@contextlib.contextmanager
-def _weights_hidden(proto: onnx.ModelProto, strip_bytes: int) -> Iterator[None]:
-    """Temporarily mark large initializers as external data so the proto serialises small."""
-    hidden = [t for t in proto.graph.initializer if len(t.raw_data) > strip_bytes]
-    stash = [t.raw_data for t in hidden]
-    for tensor in hidden:
-        tensor.ClearField("raw_data")
-        tensor.data_location = onnx.TensorProto.EXTERNAL
-        entry = tensor.external_data.add()
-        entry.key, entry.value = "location", "trtq-hidden"
-    try:
-        yield
-    finally:
-        for tensor, data in zip(hidden, stash, strict=True):
-            del tensor.external_data[:]
-            tensor.ClearField("data_location")
-            tensor.raw_data = data
+    return add_inferred_shapes(proto, stub_elements=strip_bytes // 4)
