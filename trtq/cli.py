@@ -7,7 +7,9 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from trtq.config import CALIB_METHODS, PRECISIONS, TARGETS, TRT_VERSIONS, CalibConfig, QuantConfig, Target
 from trtq.errors import TrtqError
@@ -23,7 +25,8 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="FP32 .onnx file")
     p.add_argument("-o", "--output", required=True, help="where to write the QDQ .onnx (and <stem>.trtq.json)")
     p.add_argument("--precision", default="int8", help=f"one of {', '.join(PRECISIONS)} (default int8)")
-    p.add_argument("--calib-data", help=".npz of arrays keyed by input name, first axis = sample (not for int4)")
+    p.add_argument("--calib-data", help=".npz of arrays keyed by input name, first axis = sample, or a "
+                   "folder of images (with --preprocess or --image-size); not needed for int4")
     p.add_argument("--calib-method", default=CalibConfig.method,
                    help=f"one of {', '.join(CALIB_METHODS)} (default {CalibConfig.method})")
     p.add_argument("--percentile", type=float, default=CalibConfig.percentile, help="for --calib-method percentile")
@@ -38,6 +41,8 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--passes", help="comma-separated graph passes to run before calibration "
                    "(cle, rotate, smoothquant, repq, biascorr; 'none' for no pass; default: per model family)")
     _add_target_args(p)
+    _add_image_args(p)
+    _add_degrade_args(p, calibration=True)
     p.add_argument("--no-check", action="store_true", help="write the output even if `trtq check` finds errors")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_quantize)
@@ -46,6 +51,118 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
 def _add_target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help=f"device family: {', '.join(TARGETS)}")
     p.add_argument("--trt", help=f"TensorRT version: {', '.join(TRT_VERSIONS)} (default: the target's)")
+
+
+def _user_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse `type` from a parser that raises TrtqError (argparse then exits with status 2)."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except TrtqError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from exc
+
+
+def _size(text: str) -> Any:
+    from trtq.calibrators.images import parse_size
+
+    return parse_size(text)
+
+
+# flags of `_add_image_args`, by ImagePreprocess field
+_IMAGE_FLAGS = ("resize", "crop", "crop_mode", "layout", "dtype", "scale", "mean", "std", "channel_order",
+                "input_name")
+
+
+def _add_image_args(p: argparse.ArgumentParser) -> None:
+    from trtq.calibrators.images import CHANNEL_ORDERS, CROP_MODES, DTYPES, LAYOUTS
+
+    g = p.add_argument_group("image folders", "how the images of a data folder become model input")
+    g.add_argument("--preprocess", metavar="JSON", help="ImagePreprocess fields as a JSON object "
+                   '(e.g. {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406]}); the flags below and '
+                   "--seed override it")
+    g.add_argument("--image-size", type=_user_type(_size), metavar="N|WxH",
+                   help="crop to this size; also resize the shorter side to it unless a resize is given")
+    g.add_argument("--resize", type=_user_type(_size), metavar="N|WxH",
+                   help="shorter side to N, or exactly WxH")
+    g.add_argument("--crop-size", dest="crop", type=_user_type(_size), metavar="N|WxH", help="crop size")
+    g.add_argument("--crop-mode", choices=CROP_MODES, help="center (default) or random (seeded)")
+    g.add_argument("--layout", choices=LAYOUTS, help="batch layout (default NCHW)")
+    g.add_argument("--input-dtype", dest="dtype", choices=DTYPES, help="input element type (default float32)")
+    g.add_argument("--scale", type=float, help="pixel multiplier before mean/std (default 1/255; uint8: 1)")
+    g.add_argument("--mean", type=_floats, metavar="M[,M,M]", help="subtracted after scaling, per channel")
+    g.add_argument("--std", type=_floats, metavar="S[,S,S]", help="divided by last, per channel")
+    g.add_argument("--channel-order", choices=CHANNEL_ORDERS, help="channel order of the model (default RGB)")
+    g.add_argument("--input-name", help="model input the images feed (default: the only input)")
+
+
+def _add_degrade_args(p: argparse.ArgumentParser, calibration: bool) -> None:
+    from trtq.calibrators.degrade import DEGRADATIONS, LEVEL_CHOICES
+
+    g = p.add_argument_group("degradations", "noisy, blurred, dark or compressed copies of a folder's images")
+    if calibration:
+        g.add_argument("--degrade", metavar="LIST|qrid", help="mix degraded images into calibration: some "
+                       f"of {','.join(DEGRADATIONS)} (NAME:LEVEL for one level), or qrid (QRID's recipe)")
+        g.add_argument("--degrade-ratio", type=float, help="fraction of the images degraded (default 0.5)")
+        g.add_argument("--degrade-reencode", type=int, metavar="QUALITY",
+                       help="re-encode degraded images as JPEG (QRID: 95)")
+    else:
+        g.add_argument("--degrade", metavar="LIST", help=f"also compare on the data under each of "
+                       f"{','.join(DEGRADATIONS)} (NAME:LEVEL for one level), one set per degradation")
+        g.add_argument("--seed", type=int, default=0,
+                       help="seed of the degradations and of a random crop (default 0)")
+    g.add_argument("--degrade-levels", choices=LEVEL_CHOICES, help="mild (default), strong, or mixed (both)")
+
+
+def _data_source(path: str | None, args: argparse.Namespace, seed: int, *, mix: bool) -> Any:
+    """`path` as given, or an ImageFolder (degraded per --degrade when `mix`) if it is a folder."""
+    given = [f for f in ("preprocess", "image_size", *_IMAGE_FLAGS) if getattr(args, f) is not None]
+    if path is None or not Path(path).is_dir():
+        if given or args.degrade:
+            flag = "--" + (given[0] if given else "degrade").replace("_", "-")
+            raise TrtqError(f"{flag} applies to a folder of images, not to {path}.",
+                            f"pass a folder of images, or drop {flag}.")
+        return path
+    if not given:
+        raise TrtqError(f"{path} is a folder: a folder of images needs a declared preprocessing.",
+                        "pass --preprocess FILE.json, or --image-size N with --mean/--std/--layout as the "
+                        "model expects.")
+    from trtq.calibrators.degrade import Degraded, degrade_config
+    from trtq.calibrators.images import ImageFolder, load_preprocess
+
+    overrides = {f: getattr(args, f) for f in _IMAGE_FLAGS}
+    pre = load_preprocess(args.preprocess, image_size=args.image_size, seed=seed, **overrides)
+    source = ImageFolder(path, pre)
+    if mix and args.degrade:
+        recipe = degrade_config(args.degrade, ratio=args.degrade_ratio, levels=args.degrade_levels, seed=seed,
+                                reencode_jpeg=args.degrade_reencode)
+        source = Degraded(source, recipe)
+    return source
+
+
+def _print_data_report(report: dict[str, Any] | None) -> None:
+    if not report or report.get("source") != "image_folder":
+        return
+    line = f"calibration images: {report['read']} read"
+    if report["skipped"]:
+        first = report["skipped_examples"][0]
+        line += (f", {report['skipped']} skipped (not readable images; first: {first['path']}: "
+                 f"{first['reason']})")
+    degraded = report.get("degradation")
+    if degraded:
+        counts = ", ".join(f"{k} {v['count']}" for k, v in degraded["pool"].items())
+        line += f"; {degraded['degraded']} degraded ({counts}), {degraded['clean']} clean"
+    print(line)
 
 
 def _target(args: argparse.Namespace) -> Target | None:
@@ -80,7 +197,9 @@ def _run_quantize(args: argparse.Namespace) -> int:
     )
     if config.precision != "int4" and not args.calib_data:
         raise TrtqError(f"{config.precision.upper()} needs calibration data.", "pass --calib-data CALIB.npz.")
-    result = quantize(args.model, args.calib_data, args.output, config=config, progress=not args.quiet)
+    calib = _data_source(args.calib_data, args, args.seed, mix=True)
+    result = quantize(args.model, calib, args.output, config=config, progress=not args.quiet)
+    _print_data_report(result.report.get("calibration_data"))
     s = result.report["summary"]
     print(f"wrote {result.path} ({s['precision']}: {s['quantized_nodes']} ops quantized, "
           f"{s['activation_qdq']} activation Q/DQ, {s['weights_quantized']} weights, "
@@ -114,18 +233,31 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="fidelity of a quantized graph vs its FP32 original, per output and layer")
     p.add_argument("reference", help="FP32 .onnx")
     p.add_argument("candidate", help="quantized .onnx")
-    p.add_argument("--data", required=True, help=".npz of evaluation arrays keyed by input name")
+    p.add_argument("--data", required=True, help=".npz of evaluation arrays keyed by input name, or a "
+                   "folder of images (with --preprocess or --image-size)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-samples", type=int)
     p.add_argument("--top", type=int, default=20, help="show the N worst quantized tensors")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    _add_image_args(p)
+    _add_degrade_args(p, calibration=False)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_compare)
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from trtq.evaluate import compare
+    from trtq.evaluate import compare, compare_degraded
 
-    report = compare(args.reference, args.candidate, args.data, batch_size=args.batch_size,
+    data = _data_source(args.data, args, args.seed, mix=False)
+    if args.degrade:
+        names = tuple(n.strip() for n in args.degrade.split(",") if n.strip())
+        per_set = compare_degraded(args.reference, args.candidate, data, names,
+                                   levels=args.degrade_levels or "mild", seed=args.seed,
+                                   batch_size=args.batch_size, max_samples=args.max_samples,
+                                   progress=not args.quiet)
+        print(json.dumps(per_set.to_dict(), indent=2) if args.json else per_set.format())
+        return 0
+    report = compare(args.reference, args.candidate, data, batch_size=args.batch_size,
                      max_samples=args.max_samples)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format(top=args.top))
     return 0

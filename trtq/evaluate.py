@@ -19,7 +19,15 @@ from trtq._shapes import tensor_types
 from trtq.calibrators.data import Batch, BatchStream, InputSpec, model_inputs
 from trtq.errors import TrtqError
 
-__all__ = ["SQNR_CAP_DB", "CompareReport", "OutputMetrics", "TensorMetrics", "compare"]
+__all__ = [
+    "SQNR_CAP_DB",
+    "CompareReport",
+    "DegradedCompareReport",
+    "OutputMetrics",
+    "TensorMetrics",
+    "compare",
+    "compare_degraded",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +182,72 @@ def compare(
     logger.info("compare: %d samples, %d outputs, %d quantized tensors", report.samples, len(outputs),
                 len(report.tensors))
     return report
+
+
+@dataclass
+class DegradedCompareReport:
+    """`compare` on the clean evaluation images and on each degraded copy of them (one degradation each)."""
+
+    reports: dict[str, CompareReport]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict: evaluation set ("clean", "noise:mild", ...) -> `CompareReport.to_dict()`."""
+        return {"sets": {name: r.to_dict() for name, r in self.reports.items()}}
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write `to_dict()` as JSON, atomically."""
+        return write_json(self.to_dict(), path)
+
+    def format(self) -> str:
+        """One row per evaluation set and graph output: the quantized model vs FP32 on those inputs."""
+        first = next(iter(self.reports.values()))
+        lines = [f"trtq compare per degradation: {first.samples} samples per set, quantized vs FP32 "
+                 "on the same (degraded) inputs (SQNR in dB, higher is better)"]
+        rows = [[name, *_output_row(o)] for name, r in self.reports.items() for o in r.outputs]
+        lines += _table(["set", "output", "SQNR dB", "cosine", "max abs err", "top-1"], rows, "<<>>>>")
+        return "\n".join(lines)
+
+
+def compare_degraded(
+    reference: onnx.ModelProto | str | os.PathLike[str],
+    candidate: onnx.ModelProto | str | os.PathLike[str],
+    data: Any,
+    degradations: tuple[str, ...] | list[str] = ("noise", "blur", "contrast", "jpeg"),
+    *,
+    levels: str = "mild",
+    seed: int = 0,
+    batch_size: int = 8,
+    max_samples: int | None = None,
+    per_tensor: bool = False,
+    progress: bool = True,
+) -> DegradedCompareReport:
+    """`compare` on `data` clean and under each degradation alone: robustness, FP32 vs quantized.
+
+    Args:
+        reference, candidate, batch_size, max_samples, per_tensor: as for `compare`.
+        data: an image source (`trtq.calibrators.images.ImageFolder` or `ImageList`): degradations
+            apply to pixels before the source's preprocessing.
+        degradations: names (or name:level) from `trtq.calibrators.degrade.DEGRADATIONS`.
+        levels: mild | strong | mixed (both levels, as two sets).
+        seed: seed of the degradations' draws (per image, from the seed and the image's index).
+
+    Returns:
+        A `DegradedCompareReport` with one `CompareReport` per set: "clean", then "noise:mild", ...
+
+    Raises:
+        TrtqError: `data` is not an image source, an unknown degradation or level, or what `compare` raises.
+    """
+    from tqdm import tqdm
+
+    from trtq.calibrators.degrade import evaluation_sets
+
+    ref, cand = _load(reference, "reference"), _load(candidate, "candidate")
+    sets = evaluation_sets(data, tuple(degradations), levels=levels, seed=seed)
+    reports = {}
+    for name, source in tqdm(sets.items(), desc="compare per degradation", unit="set", disable=not progress):
+        reports[name] = compare(ref, cand, source, batch_size=batch_size, max_samples=max_samples,
+                                per_tensor=per_tensor)
+    return DegradedCompareReport(reports)
 
 
 # --- inputs -------------------------------------------------------------------------------------

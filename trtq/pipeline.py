@@ -70,7 +70,9 @@ def quantize(
         model: an ONNX path, an `onnx.ModelProto`, or a `torch.nn.Module` (exported first; needs
             `example_inputs`).
         calib_data: calibration data: an .npz path, a dict of arrays, an iterable of
-            `{input_name: array}` batches, or an ONNX Runtime CalibrationDataReader. INT4
+            `{input_name: array}` batches, an ONNX Runtime CalibrationDataReader, or an image or
+            text source (`trtq.calibrators.images.ImageFolder`, `trtq.calibrators.text.TextSource`,
+            `trtq.calibrators.degrade.Degraded`), whose report goes to the sidecar. INT4
             (weight-only) needs none; given data, it clips each weight block for the least
             output error on that data (activation-aware) instead of the least weight error.
         output: where to write the QDQ model (None: return it without writing).
@@ -104,6 +106,9 @@ def quantize(
             entry.update(calib_report[name])
     report = _report(cfg, source, plan, tensors, calib_report)
     report["passes"] = pass_reports
+    data_report = batches.source_report() if batches is not None else None
+    if data_report is not None:
+        report["calibration_data"] = data_report
     if cfg.check:
         report["check"] = _run_check(qmodel, cfg)
     result = QuantizeResult(qmodel, report, seconds=time.perf_counter() - started, pass_seconds=pass_seconds)

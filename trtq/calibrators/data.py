@@ -4,7 +4,11 @@ Accepted sources (DESIGN.md "Calibration data"):
 - a path to an `.npz` (arrays keyed by input name, first axis = sample) or, for one-input models, an `.npy`;
 - a mapping `{input_name: array}` with the sample on the first axis;
 - any iterable of `{input_name: array}` batches (a list, a generator, a DataLoader yielding dicts);
-- an ONNX Runtime `CalibrationDataReader` (anything with `get_next()`).
+- an ONNX Runtime `CalibrationDataReader` (anything with `get_next()`);
+- a `BatchSource`: an image folder, in-memory images or a text file with a declared preprocessing
+  (`trtq.calibrators.images.ImageFolder` / `ImageList`, `trtq.calibrators.text.TextSource`, either
+  image source wrapped by `trtq.calibrators.degrade.Degraded`); it batches itself to the stream's
+  batch size and is read again for each pass.
 
 `.npz` files are read row by row from the archive and `.npy` files are memory-mapped, so a file far
 larger than memory streams. One-shot iterators are spilled to a temporary folder during the first
@@ -20,14 +24,14 @@ import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import onnx
 
 from trtq.errors import TrtqError
 
-__all__ = ["Batch", "BatchStream", "InputSpec", "model_inputs", "open_batches"]
+__all__ = ["Batch", "BatchSource", "BatchStream", "InputSpec", "model_inputs", "open_batches"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +49,20 @@ class InputSpec:
     def describe(self) -> str:
         dims = ", ".join("?" if d is None else str(d) for d in self.shape)
         return f"{self.name}: {self.dtype}[{dims}]"
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """A re-iterable source that batches itself and reports what it read (image folders, text files).
+
+    `BatchStream` asks it for batches of the stream's batch size (a source may keep a batch size of
+    its own), reads it again for every pass (nothing is spilled), and hands its `report()` (files
+    skipped, degradation recipe, preprocessing) to the sidecar.
+    """
+
+    def batches(self, batch_size: int) -> Iterator[Mapping[str, Any]]: ...
+
+    def report(self) -> dict[str, Any]: ...
 
 
 def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
@@ -129,6 +147,10 @@ class BatchStream:
             )
         self.num_samples = seen
 
+    def source_report(self) -> dict[str, Any] | None:
+        """What a `BatchSource` read in its last pass (skipped files, degradations); None for others."""
+        return self._source.report() if isinstance(self._source, BatchSource) else None
+
     def close(self) -> None:
         """Delete the spill folder of a one-shot source, if any."""
         if self._spill is not None:
@@ -138,7 +160,7 @@ class BatchStream:
 
     def _raw_batches(self) -> Iterator[Mapping[str, Any]]:
         src = self._source
-        if isinstance(src, _Arrays):
+        if isinstance(src, (_Arrays, BatchSource)):
             yield from src.batches(self._batch_size)
         else:
             yield from src
@@ -152,8 +174,10 @@ class BatchStream:
         if set(raw) == {"__single__"}:
             if len(self._inputs) != 1:
                 raise TrtqError(
-                    f"an .npy file holds one array but the model has {len(self._inputs)} inputs.",
-                    "save an .npz keyed by input names: numpy.savez(path, **{name: array}).",
+                    f"the {self._what} data is one unnamed array (an .npy file, or images without an input "
+                    f"name) but the model has {len(self._inputs)} inputs: {', '.join(self._inputs)}.",
+                    "save an .npz keyed by input names: numpy.savez(path, **{name: array}); for images, "
+                    "set ImagePreprocess(input_name=...) or --input-name.",
                 )
             raw = {next(iter(self._inputs)): raw["__single__"]}
         missing = [n for n in self._inputs if n not in raw]
@@ -302,6 +326,8 @@ def _normalise(source: Any, what: str) -> Any:
         return _from_path(Path(source), what)
     if isinstance(source, Mapping):
         return _Arrays(source, f"{what} mapping")
+    if isinstance(source, BatchSource):
+        return source
     if hasattr(source, "get_next"):  # onnxruntime.quantization.CalibrationDataReader
         return _OneShot(iter(source.get_next, None))
     if isinstance(source, Iterable):
@@ -316,6 +342,12 @@ def _normalise(source: Any, what: str) -> Any:
 def _from_path(path: Path, what: str) -> _Arrays:
     if not path.exists():
         raise TrtqError(f"{what} data {path}: no such file.", "check the path given to --calib-data / --data.")
+    if path.is_dir():
+        raise TrtqError(
+            f"{what} data {path} is a folder: a folder of images needs a declared preprocessing.",
+            "pass --preprocess FILE.json or --image-size N with it (CLI), or "
+            "trtq.calibrators.images.ImageFolder(path, ImagePreprocess(...)) (Python).",
+        )
     if path.suffix == ".npy":
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
