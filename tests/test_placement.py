@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 import graphs
@@ -65,3 +66,17 @@ def test_fp8_leaves_depthwise_and_few_channel_convs_in_float():
     assert "per group" in reasons["dwconv"]
     assert plan.quantized_nodes == ["conv2", "fc"]
     assert plan.residual_adds == ["residual_add"]
+
+
+def test_online_rotation_matmuls_stay_in_float():
+    from onnx import TensorProto, helper, numpy_helper
+
+    h = numpy_helper.from_array(np.eye(4, dtype=np.float32), "h")
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "h"], ["xr"], name="trtq_rotation/down/dense"),
+             helper.make_node("MatMul", ["xr", "w"], ["y"], name="down")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [h, w])
+    plan = plan_quantization(_infer(helper.make_model(g)), "int8")
+    assert plan.quantized_nodes == ["down"] and list(plan.activations) == ["xr"]
+    assert plan.skipped[0]["node"] == "trtq_rotation/down/dense"

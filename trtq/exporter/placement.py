@@ -30,9 +30,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-__all__ = ["QuantPlan", "WeightSlot", "plan_quantization", "WEIGHTED_OPS"]
+__all__ = ["ROTATION_MARKER", "QuantPlan", "WeightSlot", "plan_quantization", "WEIGHTED_OPS"]
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+ROTATION_MARKER = "trtq_rotation"  # nodes the rotate pass inserts: constant orthogonal transforms
 _FLOAT_TYPES = (np.float32, np.float16)
 
 
@@ -81,6 +82,10 @@ def plan_quantization(model: onnx.ModelProto, precision: str, exclude: Sequence[
         if node.op not in WEIGHTED_OPS:
             continue
         name = names[id(node)]
+        if name.startswith(ROTATION_MARKER + "/"):
+            plan.skipped.append({"node": name, "op": node.op,
+                                 "reason": "online Hadamard inserted by the rotate pass (kept in floating point)"})
+            continue
         if any(p.search(name) for p in patterns):
             plan.skipped.append({"node": name, "op": node.op, "reason": "matched --exclude"})
             continue

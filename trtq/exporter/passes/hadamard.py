@@ -81,7 +81,9 @@ def _paley2(q: int) -> np.ndarray:
     c[0, 1:] = 1
     c[1:, 0] = 1
     c[1:, 1:] = _jacobsthal(q)
-    return np.kron(c, np.array([[1, 1], [1, -1]])) + np.kron(np.eye(n, dtype=np.int64), np.array([[1, -1], [-1, -1]]))
+    plus = np.array([[1, 1], [1, -1]])
+    minus = np.array([[1, -1], [-1, -1]])
+    return np.kron(c, plus) + np.kron(np.eye(n, dtype=np.int64), minus)
 
 
 def _sylvester(n: int) -> np.ndarray:
@@ -98,10 +100,10 @@ def _sylvester(n: int) -> np.ndarray:
 def _paley_orders() -> dict[int, tuple[str, int]]:
     """Order ``K`` -> (construction, q) for every Paley order up to `MAX_PALEY_ORDER` that is not 2^m."""
     orders: dict[int, tuple[str, int]] = {}
-    for q in range(3, MAX_PALEY_ORDER):
-        if not _is_prime(q):
-            continue
-        order, kind = (q + 1, "paley1") if q % 4 == 3 else (2 * (q + 1), "paley2")
+    primes = [q for q in range(3, MAX_PALEY_ORDER) if _is_prime(q)]
+    candidates = [(q + 1, "paley1", q) for q in primes if q % 4 == 3]
+    candidates += [(2 * (q + 1), "paley2", q) for q in primes if q % 4 == 1]
+    for order, kind, q in candidates:  # Paley I first: 12 comes from q = 11 (skew), not q = 5
         if order <= MAX_PALEY_ORDER and order & (order - 1) and order not in orders:
             orders[order] = (kind, q)
     return orders
@@ -140,7 +142,7 @@ def has_hadamard(n: int) -> bool:
 def _hadamard_int(n: int) -> np.ndarray:
     base = hadamard_base(n)
     if base is None:
-        raise ValueError(f"no Hadamard matrix of order {n} is known here (n must be K·2^m with K a Paley order)")
+        raise ValueError(f"no Hadamard matrix of order {n} is known here (n = K·2^m, K a Paley order)")
     if base == 1:
         h = _sylvester(n)
     else:
@@ -198,7 +200,8 @@ def random_rotation(n: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[
         return random_orthogonal(n, rng), {"kind": "random_orthogonal", "size": n}
     signs = random_signs(n, rng)
     factors = [base, n // base] if base > 1 else [n]
-    return signed_hadamard(n, signs), {"kind": "hadamard", "size": n, "factors": factors, "signs": signs_hex(signs)}
+    record = {"kind": "hadamard", "size": n, "factors": factors, "signs": signs_hex(signs)}
+    return signed_hadamard(n, signs), record
 
 
 def kronecker_split(n: int) -> tuple[int, int] | None:

@@ -23,14 +23,18 @@ PassFn = Callable[[onnx.ModelProto, PassContext], PassResult]
 PASSES: dict[str, str] = {
     "cle": "trtq.exporter.passes.cle:cross_layer_equalization",
     "rotate": "trtq.exporter.passes.rotate:rotate",
+    "rotate_online": "trtq.exporter.passes.rotate:rotate_online",
     "smoothquant": "trtq.exporter.passes.smoothquant:smoothquant",
     "repq": "trtq.exporter.passes.repq:repq_reparameterize",
     "biascorr": "trtq.exporter.passes.bias_correction:bias_correction",
 }
 PASS_ORDER = tuple(PASSES)
 
-# Per model family, the passes that help on the bench (README "Graph passes" has the figures).
-DEFAULT_PASSES: dict[str, tuple[str, ...]] = {"cnn": (), "transformer": (), "other": ()}
+# Per (model family, precision), the passes that helped on the bench (README "Graph passes" has the
+# figures); a pair not listed runs none.
+DEFAULT_PASSES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("transformer", "int8"): ("rotate_online",),
+}
 
 
 def model_family(model: onnx.ModelProto) -> str:
@@ -45,9 +49,7 @@ def model_family(model: onnx.ModelProto) -> str:
 
 def default_passes(model: onnx.ModelProto, precision: str) -> tuple[str, ...]:
     """The passes trtq runs when the user names none."""
-    if precision == "int4":
-        return ()
-    return DEFAULT_PASSES[model_family(model)]
+    return DEFAULT_PASSES.get((model_family(model), precision), ())
 
 
 def resolve_passes(names: Sequence[str] | None, model: onnx.ModelProto, precision: str) -> tuple[str, ...]:
