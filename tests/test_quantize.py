@@ -212,3 +212,17 @@ def test_torch_conv_bn_relu6_add_placement(tmp_path):
     feeds = {"x": np.random.RandomState(1).randn(4, 3, 12, 12).astype(np.float32)}
     ref = module(torch.from_numpy(feeds["x"])).detach().numpy()
     assert graphs.sqnr_db(ref, graphs.run(model, feeds)) > 25
+
+
+def test_qdq_names_never_collide_with_existing_tensors(tmp_path):
+    from onnx import TensorProto, helper
+
+    model = graphs.attention_block()
+    # a user tensor already called like trtq's scale for "x": Identity x -> x_scale, added to the output
+    model.graph.node.insert(0, helper.make_node("Identity", ["x"], ["x_scale"], name="user_identity"))
+    model.graph.node.append(helper.make_node("Add", ["y", "x_scale"], ["y2"], name="user_add"))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("y2", TensorProto.FLOAT, ["batch", 8, 128]))
+    result = trtq.quantize(model, graphs.attention_data(8), progress=False)
+    feeds = graphs.attention_data(4, seed=5)
+    assert graphs.sqnr_db(graphs.run(model, feeds), graphs.run(result.model, feeds)) > 20

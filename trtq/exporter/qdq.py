@@ -47,11 +47,12 @@ def insert_qdq(
     graph = gs.import_onnx(model)
     nodes = {n.name: n for n in graph.nodes}
     tensors = graph.tensors()
+    fresh = _Namer(set(tensors) | {n.name for n in graph.nodes})
     report: dict[str, dict[str, Any]] = {}
     int4: dict[str, np.ndarray] = {}
     for name, consumers in sorted(plan.activations.items()):
         amax = float(activation_amax[name])
-        dq = _activation_qdq(graph, tensors[name], amax, precision)
+        dq = _activation_qdq(graph, tensors[name], amax, precision, fresh)
         for node_name, index in consumers:
             nodes[node_name].inputs[index] = dq
         report[name] = {"kind": "activation", "amax": amax, "scale": float(dq.inputs[0].inputs[1].values),
@@ -59,7 +60,7 @@ def insert_qdq(
     for slot, consumers in sorted(plan.weights.items(), key=lambda kv: (kv[0].tensor, kv[0].axis)):
         weight = _constant_values(tensors[slot.tensor])
         qw = _quantize_weight(weight, slot, precision, block_size, importance.get(slot.tensor))
-        dq = _weight_dq(graph, slot, qw, block_size)
+        dq = _weight_dq(graph, slot, qw, block_size, fresh)
         if qw.values.dtype == ml_dtypes.int4:
             int4[dq.inputs[0].inputs[0].name] = qw.values
         for node_name, index in consumers:
@@ -74,14 +75,29 @@ def insert_qdq(
     return out, report
 
 
-def _activation_qdq(graph: gs.Graph, x: gs.Tensor, amax: float, precision: str) -> gs.Variable:
-    scale = gs.Constant(f"{x.name}_scale", np.asarray(max(amax, np.finfo(np.float32).tiny) / QMAX[precision],
-                                                       dtype=np.float32))
-    zero = gs.Constant(f"{x.name}_zero_point", _ZERO[precision])
-    q = gs.Variable(f"{x.name}_quantized", dtype=_ZERO[precision].dtype, shape=x.shape)
-    dq = gs.Variable(f"{x.name}_dequantized", dtype=np.float32, shape=x.shape)
-    graph.nodes.append(gs.Node("QuantizeLinear", f"{x.name}_QuantizeLinear", inputs=[x, scale, zero], outputs=[q]))
-    graph.nodes.append(gs.Node("DequantizeLinear", f"{x.name}_DequantizeLinear", inputs=[q, scale, zero],
+class _Namer:
+    """Names that collide with nothing already in the graph (`x_scale` may exist in a user's model)."""
+
+    def __init__(self, taken: set[str]) -> None:
+        self._taken = taken
+
+    def __call__(self, name: str) -> str:
+        candidate, i = name, 1
+        while candidate in self._taken:
+            candidate, i = f"{name}.{i}", i + 1
+        self._taken.add(candidate)
+        return candidate
+
+
+def _activation_qdq(graph: gs.Graph, x: gs.Tensor, amax: float, precision: str, fresh: _Namer) -> gs.Variable:
+    scale = gs.Constant(fresh(f"{x.name}_scale"),
+                        np.asarray(max(amax, np.finfo(np.float32).tiny) / QMAX[precision], dtype=np.float32))
+    zero = gs.Constant(fresh(f"{x.name}_zero_point"), _ZERO[precision])
+    q = gs.Variable(fresh(f"{x.name}_quantized"), dtype=_ZERO[precision].dtype, shape=x.shape)
+    dq = gs.Variable(fresh(f"{x.name}_dequantized"), dtype=np.float32, shape=x.shape)
+    graph.nodes.append(gs.Node("QuantizeLinear", fresh(f"{x.name}_QuantizeLinear"), inputs=[x, scale, zero],
+                               outputs=[q]))
+    graph.nodes.append(gs.Node("DequantizeLinear", fresh(f"{x.name}_DequantizeLinear"), inputs=[q, scale, zero],
                                outputs=[dq]))
     return dq
 
@@ -99,20 +115,21 @@ def _quantize_weight(w: np.ndarray, slot: WeightSlot, precision: str, block_size
     return quantize_per_channel(w, None if slot.axis < 0 else slot.axis, precision)
 
 
-def _weight_dq(graph: gs.Graph, slot: WeightSlot, qw: QuantizedWeight, block_size: int) -> gs.Variable:
+def _weight_dq(graph: gs.Graph, slot: WeightSlot, qw: QuantizedWeight, block_size: int,
+               fresh: _Namer) -> gs.Variable:
     suffix = "" if slot.block_axis is None and slot.axis in (0, -1) else f"_axis{slot.axis}"
     base = f"{slot.tensor}{suffix}"
     # onnx-graphsurgeon does not pack INT4: export int8 placeholders, `_pack_int4` swaps them in.
     stored = qw.values.astype(np.int8) if qw.values.dtype == ml_dtypes.int4 else qw.values
-    values = gs.Constant(f"{base}_quantized", stored)
-    scale = gs.Constant(f"{base}_scale", qw.scale)
-    dq = gs.Variable(f"{base}_dequantized", dtype=np.float32, shape=list(qw.values.shape))
+    values = gs.Constant(fresh(f"{base}_quantized"), stored)
+    scale = gs.Constant(fresh(f"{base}_scale"), qw.scale)
+    dq = gs.Variable(fresh(f"{base}_dequantized"), dtype=np.float32, shape=list(qw.values.shape))
     attrs: dict[str, int] = {}
     if slot.block_axis is not None:
         attrs = {"axis": slot.block_axis, "block_size": block_size}
     elif slot.axis >= 0:
         attrs = {"axis": slot.axis}
-    graph.nodes.append(gs.Node("DequantizeLinear", f"{base}_DequantizeLinear", attrs=attrs,
+    graph.nodes.append(gs.Node("DequantizeLinear", fresh(f"{base}_DequantizeLinear"), attrs=attrs,
                                inputs=[values, scale], outputs=[dq]))
     return dq
 

@@ -1,0 +1,231 @@
+"""Sensitivity analysis and fallback: ranking, budget, target SQNR, MAC counts, FP16 fallback, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper, version_converter
+
+import graphs
+import trtq
+from trtq.calibrators.data import open_batches
+from trtq.errors import TrtqError
+from trtq.exporter.placement import plan_quantization
+from trtq.exporter.qdq import insert_qdq
+from trtq.sensitivity import cast_to_fp16, count_macs, sensitivity_fallback, unit_owners, without_units
+
+OPSET = 17
+MLP_MACS = {"fc1": 16 * 32, "fc2": 32 * 32, "fc3": 32 * 8}
+
+
+def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name)
+
+
+def outlier_mlp(seed: int = 0) -> onnx.ModelProto:
+    """x -> fc1 -> h1 -> fc2 -> h2 -> fc3 (Gemm) -> y, where h1's channel 0 is 1000x the others.
+
+    fc2 divides that channel back, so FP32 is unharmed, but per-tensor INT8 of h1 spends its range on
+    channel 0 and rounds the other 31 channels to zero: fc2 is the one bad layer.
+    """
+    rs = np.random.RandomState(seed)
+    w1, w2 = rs.randn(16, 32) / 4, rs.randn(32, 32) / 6
+    w1[:, 0] *= 1000.0
+    w2[0, :] /= 1000.0
+    w3, b3 = rs.randn(8, 32) / 6, rs.randn(8) * 0.1
+    inits = [_init("w1", w1), _init("w2", w2), _init("w3", w3), _init("b3", b3)]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h1"], name="fc1"),
+        helper.make_node("MatMul", ["h1", "w2"], ["h2"], name="fc2"),
+        helper.make_node("Gemm", ["h2", "w3", "b3"], ["y"], name="fc3", transB=1),
+    ]
+    graph = helper.make_graph(nodes, "outlier_mlp",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def _mlp_data(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    return {"x": np.random.RandomState(seed).randn(n, 16).astype(np.float32)}
+
+
+def _setup(model: onnx.ModelProto, data: dict[str, np.ndarray]):
+    plan = plan_quantization(model, "int8")
+    ranges = trtq.calibrate(model, data, progress=False)
+    amax = {name: r["amax"] for name, r in ranges.items()}
+    return plan, amax, open_batches(data, model, batch_size=4)
+
+
+def _fallback(model: onnx.ModelProto, data: dict[str, np.ndarray], **kwargs):
+    plan, amax, batches = _setup(model, data)
+    result = sensitivity_fallback(model, plan, amax, batches, "int8", opset=OPSET, progress=False, **kwargs)
+    return result, amax
+
+
+def _sqnr(model: onnx.ModelProto, qmodel: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> float:
+    return graphs.sqnr_db(graphs.run(model, feeds), graphs.run(qmodel, feeds))
+
+
+def test_ranking_puts_the_outlier_layer_first():
+    model = outlier_mlp()
+    result, _ = _fallback(model, _mlp_data(32), samples=8)
+    assert [u.unit for u in result.units][0] == "fc2"
+    assert result.units[0].sqnr_db < 5 < 25 < min(u.sqnr_db for u in result.units[1:])
+    assert result.units[0].noise_share > 0.99
+    assert sum(u.noise_share for u in result.units) == pytest.approx(1.0)
+    assert result.samples == 8 and result.steps == [] and result.kept_float == []  # analysis only
+    assert result.plan.quantized_nodes == ["fc1", "fc2", "fc3"]
+    assert {u.unit: u.tensors for u in result.units}["fc2"] == ("h1", "w2")
+
+
+def test_budget_one_falls_back_the_outlier_layer_and_the_output_improves():
+    model, data, feeds = outlier_mlp(), _mlp_data(32), _mlp_data(16, seed=7)
+    result, amax = _fallback(model, data, budget=1)
+    assert result.kept_float == ["fc2"] and [s.unit for s in result.steps] == ["fc2"]
+    assert result.final_sqnr_db > result.baseline_sqnr_db + 20
+    plan = result.plan
+    assert plan.quantized_nodes == ["fc1", "fc3"] and "h1" not in plan.activations
+    assert {s.tensor for s in plan.weights} == {"w1", "w3"}
+    assert plan.skipped[-1]["node"] == "fc2" and plan.skipped[-1]["reason"].startswith("sensitivity fallback")
+    full, _ = insert_qdq(model, plan_quantization(model, "int8"), amax, "int8", opset=OPSET)
+    fallback, _ = insert_qdq(model, plan, amax, "int8", opset=OPSET)
+    onnx.checker.check_model(fallback, full_check=True)
+    assert _sqnr(model, fallback, feeds) > _sqnr(model, full, feeds) + 20
+    assert result.mac_fraction(result.quantized) == 1.0
+    assert result.quantized_mac_fraction == pytest.approx((512 + 256) / 1792)
+
+
+def test_target_sqnr_stops_once_reached():
+    result, _ = _fallback(outlier_mlp(), _mlp_data(32), target_sqnr=25.0)
+    assert result.reached and [s.unit for s in result.steps] == ["fc2"] and result.final_sqnr_db >= 25.0
+    already, _ = _fallback(outlier_mlp(), _mlp_data(32), target_sqnr=result.baseline_sqnr_db - 1)
+    assert already.reached and already.steps == []
+    unreachable, _ = _fallback(outlier_mlp(), _mlp_data(32), target_sqnr=150.0, max_trials=2)
+    assert unreachable.reached is False and len(unreachable.steps) == 2
+    assert unreachable.to_dict()["kept_float"] == [s.unit for s in unreachable.steps]
+
+
+def test_budget_and_target_together_stop_at_the_first_limit():
+    result, _ = _fallback(outlier_mlp(), _mlp_data(32), budget=2, target_sqnr=150.0)
+    assert len(result.steps) == 2 and result.reached is False
+
+
+def test_same_inputs_same_result():
+    first, _ = _fallback(outlier_mlp(), _mlp_data(32), budget=2)
+    second, _ = _fallback(outlier_mlp(), _mlp_data(32), budget=2)
+    assert first.to_dict() == second.to_dict()
+
+
+def test_residual_add_belongs_to_the_conv_it_fuses_with():
+    model = graphs.conv_block()
+    plan = plan_quantization(model, "int8")
+    owners = unit_owners(model, plan)
+    assert owners["residual_add"] == "conv2"
+    kept = without_units(model, plan, ["conv2"], owners)
+    assert kept.residual_adds == [] and kept.activations["r1"] == [("dwconv", 0)]
+    assert "rd" not in kept.activations and "conv2" not in kept.quantized_nodes
+
+
+def test_conv_block_fallback_runs_end_to_end():
+    model, data = graphs.conv_block(), graphs.conv_data(32)
+    result, amax = _fallback(model, data, budget=2)
+    assert len(result.units) == 4 and len(result.kept_float) == 2
+    qmodel, _ = insert_qdq(model, result.plan, amax, "int8", opset=OPSET)
+    onnx.checker.check_model(qmodel, full_check=True)
+    assert _sqnr(model, qmodel, graphs.conv_data(8, seed=3)) > result.baseline_sqnr_db
+
+
+@pytest.mark.parametrize(("precision", "opset"), [("int8", 17), ("fp8", 19), ("int4", 21)])
+def test_attention_block_every_precision(precision, opset):
+    model = version_converter.convert_version(graphs.attention_block(), opset)
+    data, plan = graphs.attention_data(16), plan_quantization(model, precision)
+    ranges = {} if precision == "int4" else trtq.calibrate(model, data, precision=precision, progress=False)
+    amax = {name: r["amax"] for name, r in ranges.items()}
+    result = sensitivity_fallback(model, plan, amax, open_batches(data, model, batch_size=4), precision,
+                                  opset=opset, budget=1, progress=False)
+    assert len(result.units) == (4 if precision == "int4" else 6)  # INT4 leaves the attention BMMs in float
+    assert result.final_sqnr_db > result.baseline_sqnr_db
+    assert len(result.plan.quantized_nodes) == len(result.units) - 1
+    qmodel, _ = insert_qdq(model, result.plan, amax, precision, opset=opset)
+    assert np.isfinite(graphs.run(qmodel, graphs.attention_data(4, seed=3))).all()
+
+
+def _mac_model() -> onnx.ModelProto:
+    rs = np.random.RandomState(0)
+    shapes = {"wc": (6, 2, 3, 3), "wt": (6, 3, 2, 2), "wm": (7, 9), "wg": (6, 4), "wr": (4, 5)}
+    inits = [_init(name, rs.randn(*shape)) for name, shape in shapes.items()]
+    nodes = [
+        helper.make_node("Conv", ["x", "wc"], ["c"], name="conv", group=2, strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("ConvTranspose", ["c", "wt"], ["t"], name="deconv", strides=[2, 2]),
+        helper.make_node("MatMul", ["a", "wm"], ["m"], name="matmul"),
+        helper.make_node("Gemm", ["g", "wg"], ["o"], name="gemm", transA=1),
+        helper.make_node("Reshape", ["r", "shape"], ["rr"], name="reshape"),  # shape known only at run time
+        helper.make_node("MatMul", ["rr", "wr"], ["ro"], name="runtime_matmul"),
+    ]
+    f = TensorProto.FLOAT
+    dims = {"x": ["n", 4, 8, 8], "a": ["n", 5, 7], "g": [6, "n"], "r": ["n", 12]}
+    inputs = [helper.make_tensor_value_info(name, f, shape) for name, shape in dims.items()]
+    inputs.append(helper.make_tensor_value_info("shape", TensorProto.INT64, [2]))
+    outputs = [helper.make_tensor_value_info(n, f, None) for n in ("t", "m", "o", "ro")]
+    graph = helper.make_graph(nodes, "macs", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def test_count_macs_on_known_shapes():
+    sample = {"x": np.zeros((1, 4, 8, 8), np.float32), "a": np.zeros((1, 5, 7), np.float32),
+              "g": np.zeros((6, 2), np.float32), "r": np.zeros((1, 12), np.float32),
+              "shape": np.array([3, 4], np.int64)}
+    model = _mac_model()
+    before = model.SerializeToString()
+    assert count_macs(model, sample) == {
+        "conv": 6 * 4 * 4 * (2 * 3 * 3),  # output elements x (input channels per group x kernel)
+        "deconv": 6 * 4 * 4 * (3 * 2 * 2),  # input elements x (output channels per group x kernel)
+        "matmul": 5 * 9 * 7,
+        "gemm": 2 * 4 * 6,  # transA: A is [K=6, M=2]
+        "runtime_matmul": 3 * 5 * 4,
+    }
+    assert model.SerializeToString() == before  # inputs restored after fixing their shapes
+    assert count_macs(outlier_mlp(), {"x": np.zeros((1, 16), np.float32)}) == MLP_MACS
+
+
+def test_fp16_fallback_casts_around_the_op_and_runs_in_onnxruntime():
+    model, feeds = outlier_mlp(), _mlp_data(16, seed=7)
+    result, amax = _fallback(model, _mlp_data(32), budget=1)
+    fp32, _ = insert_qdq(model, result.plan, amax, "int8", opset=OPSET)
+    fp16 = cast_to_fp16(insert_qdq(model, result.plan, amax, "int8", opset=OPSET)[0], result.kept_float)
+    onnx.checker.check_model(fp16, full_check=True)
+    fc2 = next(n for n in fp16.graph.node if n.name == "fc2")
+    inits = {i.name: i for i in fp16.graph.initializer}
+    assert inits[fc2.input[1]].data_type == TensorProto.FLOAT16 and "w2" not in inits
+    casts = {(n.input[0], n.output[0]) for n in fp16.graph.node if n.op_type == "Cast"}
+    assert ("h1", fc2.input[0]) in casts and (fc2.output[0], "h2") in casts
+    assert graphs.sqnr_db(graphs.run(fp32, feeds), graphs.run(fp16, feeds)) > 45
+
+
+def test_fp16_fallback_chains_without_a_round_trip():
+    model = outlier_mlp()
+    fp16 = cast_to_fp16(model, ["fc1", "fc2"])
+    onnx.checker.check_model(fp16, full_check=True)
+    fc2 = next(n for n in fp16.graph.node if n.name == "fc2")
+    assert fc2.input[0] == "h1_fp16" and not any(n.output[0] == "h1" for n in fp16.graph.node)
+    feeds = _mlp_data(4)
+    assert graphs.sqnr_db(graphs.run(outlier_mlp(), feeds), graphs.run(fp16, feeds)) > 45
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"budget": -1}, "budget"),
+    ({"target_sqnr": float("inf")}, "target SQNR"),
+    ({"samples": 0}, "samples"),
+])
+def test_invalid_arguments_raise_trtq_errors(kwargs, message):
+    model = outlier_mlp()
+    plan, amax, batches = _setup(model, _mlp_data(8))
+    with pytest.raises(TrtqError, match=message):
+        sensitivity_fallback(model, plan, amax, batches, "int8", opset=OPSET, progress=False, **kwargs)
+
+
+def test_no_calibration_data_is_a_clear_error():
+    model = outlier_mlp()
+    with pytest.raises(TrtqError, match="calibration data"):
+        sensitivity_fallback(model, plan_quantization(model, "int8"), {}, None, "int8", opset=OPSET)

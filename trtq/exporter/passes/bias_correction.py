@@ -1,0 +1,366 @@
+"""Bias correction: fold the expected output shift that weight quantization causes into each layer's bias.
+
+A layer ``y = W ⊛ x + b`` whose weight trtq quantizes to ``W_q`` (the same quantizer and axis as the
+pipeline: `trtq.exporter.weights.quantize_per_channel` on the axis `plan_quantization` picks) computes, on the
+calibration data, the expected shift per output channel o
+
+    E[Δy_o] = Σ_{c,k} ΔW[o, c, k] · m[c, k],     ΔW = W_q − W,
+    b'_o    = b_o − E[Δy_o]
+
+so that the quantized layer's mean output matches the FP32 one (DFQ §4.2, "empirical" statistics).
+
+- Conv: ``m[c, k] = E[pad(x)[c, j·stride + k·dilation]]`` averaged over samples and output positions j, the
+  padding zeros included. This is the exact spatially averaged expected shift (the conv of the mean input
+  map with ΔW, averaged over the output map), not the per-channel-mean approximation ``m[c, k] = E[x_c]``,
+  which overstates the shift at the borders. A grouped conv reads only its group's channels.
+- Gemm ``α·A·B̃ + β·C``: ``E[Δy_n] = α·Σ_k E[A_k]·ΔB̃[k, n]``; ``C' = C − E[Δy]/β`` (a C of ``−E[Δy]`` with
+  ``β = 1`` is created when there is none).
+- MatMul ``x·B`` (constant 2-D B): ``E[Δy_n] = Σ_k E[x_k]·ΔB[k, n]``; folded into the constant of the Add that
+  follows it, or into a new Add.
+The statistics stream over the calibration data (sums only, memory bounded by the model); values at or
+above the mask sentinel are left out. Only biases change; a bias shared with another node is copied, never
+changed in place. Layers left alone (INT4, ConvTranspose, a constant activation input, ...) are reported
+with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from trtq.calibrators.stats import SENTINEL
+from trtq.exporter.passes.base import PassResult, graph_to_model
+from trtq.exporter.placement import WeightSlot, plan_quantization
+from trtq.exporter.weights import quantize_per_channel
+
+__all__ = ["bias_correction"]
+
+logger = logging.getLogger(__name__)
+
+PASS_NAME = "biascorr"
+
+
+@dataclass
+class _Target:
+    """A quantized layer to correct: its node, weight, quantization axis and input statistics."""
+
+    node: gs.Node
+    name: str
+    weight: np.ndarray
+    axis: int | None
+    sums: np.ndarray | None = None  # Conv: [c_in, k…] tap sums; Gemm/MatMul: [K] feature sums
+    count: float = 0.0
+
+    @property
+    def input_name(self) -> str:
+        return self.node.inputs[0].name
+
+
+def bias_correction(model: onnx.ModelProto, ctx: Any) -> PassResult:
+    """Fold each quantized layer's expected weight-quantization shift into its bias (see the module docstring).
+
+    Args:
+        model: an ONNX model; it is not modified.
+        ctx: the `PassContext`: its config's precision and exclude patterns, and the calibration data.
+
+    Returns:
+        `PassResult`; report keys: ``precision``, ``input_mean`` (how the input mean is taken),
+        ``samples`` (calibration samples seen), ``layers`` (per corrected layer: ``node``, ``op``,
+        ``max_abs_shift``, ``mean_abs_shift``, ``max_abs_bias``, ``bias`` = "updated" | "created" |
+        "copied from a shared constant"), ``skipped`` ({node, reason}).
+
+    Raises:
+        TrtqError: no calibration data was given.
+    """
+    precision = ctx.config.precision
+    report: dict[str, Any] = {"precision": precision, "input_mean": _MEAN_NOTE, "samples": 0, "layers": [],
+                              "skipped": []}
+    if precision == "int4":
+        report["skipped"].append({"node": "*", "reason": "INT4 is block-wise with data-dependent clipping; "
+                                                         "biascorr corrects INT8/FP8 per-channel weights only"})
+        return PassResult(model, report)
+    graph = gs.import_onnx(model)
+    targets = _targets(graph, model, ctx, report["skipped"])
+    if not targets:
+        return PassResult(model, report)
+    report["samples"] = _collect_input_stats(model, targets, ctx)
+    shared = _shared_constants(graph)
+    for target in targets:
+        shift = _expected_shift(target, precision)
+        report["layers"].append(_fold(graph, target, shift, shared))
+    graph.cleanup().toposort()
+    logger.info("biascorr: corrected %d layer(s), skipped %d", len(report["layers"]), len(report["skipped"]))
+    return PassResult(graph_to_model(graph, model), report)
+
+
+_MEAN_NOTE = ("Conv: exact spatially averaged mean input per kernel tap, padding zeros included; "
+              "Gemm/MatMul: per-feature mean of the input")
+
+
+# --- which layers ---------------------------------------------------------------------------------
+
+def _targets(graph: gs.Graph, model: onnx.ModelProto, ctx: Any, skipped: list[dict[str, str]]) -> list[_Target]:
+    """The quantized Conv/Gemm/MatMul layers whose weight (input 1) trtq quantizes, in graph order."""
+    plan = plan_quantization(model, ctx.config.precision, ctx.config.exclude, ctx.config.block_size)
+    slots: dict[tuple[str, int], WeightSlot] = {}
+    for slot, consumers in plan.weights.items():
+        for node_name, index in consumers:
+            slots[(node_name, index)] = slot
+    names = {id(n): n.name or f"{n.op}_{i}" for i, n in enumerate(graph.nodes)}
+    quantized = set(plan.quantized_nodes)
+    skipped.extend({"node": s["node"], "reason": f"not quantized: {s['reason']}"} for s in plan.skipped)
+    targets = []
+    for node in graph.nodes:
+        name = names[id(node)]
+        if name not in quantized:
+            continue
+        target = _target(node, name, slots)
+        if isinstance(target, str):
+            skipped.append({"node": name, "reason": target})
+        else:
+            targets.append(target)
+    return targets
+
+
+def _target(node: gs.Node, name: str, slots: dict[tuple[str, int], WeightSlot]) -> _Target | str:
+    """`node` as a layer to correct, or why it is left alone."""
+    if node.op not in ("Conv", "Gemm", "MatMul"):
+        return f"{node.op} is not corrected (Conv, Gemm and MatMul are)"
+    slot = slots.get((name, 1))
+    if slot is None:
+        return "no constant weight (an activation x activation product)"
+    if (name, 0) in slots:
+        return "its first input is a constant, not an activation"
+    weight = node.inputs[1]
+    values = weight.values if isinstance(weight, gs.Constant) else weight.inputs[0].attrs["value"].values
+    if node.op != "Conv" and values.ndim != 2:
+        return f"{node.op} weight of rank {values.ndim}, not 2"
+    if node.op == "Conv" and node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        return f"Conv auto_pad {node.attrs['auto_pad']!r}"
+    return _Target(node, name, np.asarray(values), None if slot.axis == -1 else slot.axis)
+
+
+# --- input statistics -----------------------------------------------------------------------------
+
+def _collect_input_stats(model: onnx.ModelProto, targets: list[_Target], ctx: Any) -> int:
+    """Stream the calibration data once; fill each target's input sums and count. Returns samples seen.
+
+    A Conv input is summed over the batch only (one map per input size seen); the kernel taps are read off
+    those maps at the end, so the per-batch cost is one reduction per tensor.
+    """
+    from trtq._ort import make_session
+
+    inputs = {i.name for i in model.graph.input}
+    names = sorted({t.input_name for t in targets} - inputs)
+    session = make_session(model, outputs=names)
+    readers = {(t.input_name, _layout(t)) for t in targets}
+    acc: dict[tuple[str, str], dict[tuple[int, ...], list[Any]]] = {key: {} for key in readers}
+    samples = 0
+    for batch in ctx.require_data(PASS_NAME):
+        values = dict(zip(names, session.run(names, batch))) if names else {}
+        values.update({k: v for k, v in batch.items() if k in inputs})
+        for name, layout in readers:
+            x = np.asarray(values[name])
+            if layout != "map":
+                x = (x.T if layout == "transposed" else x).reshape(-1, x.shape[0 if layout == "transposed" else -1])
+            _accumulate(acc[(name, layout)], x)
+        samples += len(next(iter(batch.values())))
+    for target in targets:
+        for total, count in acc[(target.input_name, _layout(target))].values():
+            positions = 1.0
+            if target.node.op == "Conv":
+                total, positions = _conv_tap_sums(target.node, target.weight.shape, total)
+            target.sums = total if target.sums is None else target.sums + total
+            target.count += count * positions
+    return samples
+
+
+def _layout(target: _Target) -> str:
+    """How the layer reads its input: "map" (Conv, channels on axis 1), "rows" (features last) or "transposed"."""
+    if target.node.op == "Conv":
+        return "map"
+    return "transposed" if target.node.op == "Gemm" and target.node.attrs.get("transA", 0) else "rows"
+
+
+def _accumulate(acc: dict[tuple[int, ...], list[Any]], x: np.ndarray) -> None:
+    """Add ``Σ_rows x`` (sentinel and non-finite values as 0) and the row count to ``acc[row shape]``."""
+    total = x.sum(axis=0)
+    if total.size and not (total.max() < SENTINEL and total.min() > -SENTINEL):  # also False for nan
+        total = np.where(np.abs(x) < SENTINEL, x, 0.0).sum(axis=0)
+    if x.shape[1:] not in acc:
+        acc[x.shape[1:]] = [np.zeros(x.shape[1:]), 0]
+    entry = acc[x.shape[1:]]
+    np.add(entry[0], total, out=entry[0])
+    entry[1] += x.shape[0]
+
+
+def _conv_tap_sums(node: gs.Node, w_shape: tuple[int, ...], total: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per channel c and tap k, ``Σ_j pad(total)[c, j·stride + k·dilation]``, and the number of positions j.
+
+    `total` is an input map summed over samples, [C, spatial…].
+    """
+    spatial = total.shape[1:]
+    kernel = w_shape[2:]
+    strides = node.attrs.get("strides", [1] * len(kernel))
+    dilations = node.attrs.get("dilations", [1] * len(kernel))
+    begins = _pad_begins(node, spatial, kernel, strides, dilations)
+    sums = total
+    positions = 1
+    for dim, (size, k, s, d, begin, end) in enumerate(zip(spatial, kernel, strides, dilations, *begins)):
+        reads = _tap_reads(size, k, s, d, begin, end)  # [k, size]
+        positions *= _out_size(size, k, s, d, begin, end)
+        sums = np.moveaxis(np.tensordot(sums, reads, axes=([1 + dim], [1])), -1, 1 + dim)
+    return sums, float(positions)
+
+
+def _pad_begins(node: gs.Node, spatial: tuple[int, ...], kernel: tuple[int, ...], strides: list[int],
+                dilations: list[int]) -> tuple[list[int], list[int]]:
+    """(begin pads, end pads) per spatial axis, from ``pads`` or ``auto_pad``."""
+    auto = node.attrs.get("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        begins, ends = [], []
+        for size, k, s, d in zip(spatial, kernel, strides, dilations):
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            small = total // 2
+            begins.append(small if auto == "SAME_UPPER" else total - small)
+            ends.append(total - begins[-1])
+        return begins, ends
+    pads = node.attrs.get("pads", [0] * (2 * len(kernel))) if auto == "NOTSET" else [0] * (2 * len(kernel))
+    return list(pads[: len(kernel)]), list(pads[len(kernel):])
+
+
+def _out_size(size: int, k: int, s: int, d: int, begin: int, end: int) -> int:
+    return (size + begin + end - (k - 1) * d - 1) // s + 1
+
+
+def _tap_reads(size: int, k: int, s: int, d: int, begin: int, end: int) -> np.ndarray:
+    """[k, size]: how many output positions read input position i through tap t (padding reads nothing)."""
+    reads = np.zeros((k, size))
+    out = np.arange(_out_size(size, k, s, d, begin, end))
+    for tap in range(k):
+        pos = out * s + tap * d - begin
+        np.add.at(reads[tap], pos[(pos >= 0) & (pos < size)], 1.0)
+    return reads
+
+
+# --- the shift and the fold -----------------------------------------------------------------------
+
+def _expected_shift(target: _Target, precision: str) -> np.ndarray:
+    """``E[(W_q − W) ⊛ x]`` per output channel, with trtq's own weight quantizer."""
+    w = target.weight.astype(np.float64)
+    qw = quantize_per_channel(target.weight, target.axis, precision)
+    scale = qw.scale.astype(np.float64)
+    if target.axis is not None:
+        shape = [1] * w.ndim
+        shape[target.axis] = -1
+        scale = scale.reshape(shape)
+    delta = qw.values.astype(np.float64) * scale - w
+    mean = target.sums / max(target.count, 1.0)
+    node = target.node
+    if node.op == "Conv":
+        group = int(node.attrs.get("group", 1))
+        c_out, c_in_g = w.shape[:2]
+        grouped_mean = mean.reshape((group, 1, c_in_g) + mean.shape[1:])
+        grouped_delta = delta.reshape((group, c_out // group, c_in_g) + delta.shape[2:])
+        return (grouped_delta * grouped_mean).reshape(c_out, -1).sum(axis=1)
+    if node.op == "Gemm":
+        b_tilde = delta.T if node.attrs.get("transB", 0) else delta
+        return float(node.attrs.get("alpha", 1.0)) * (mean @ b_tilde)
+    return mean @ delta
+
+
+def _shared_constants(graph: gs.Graph) -> set[int]:
+    """Ids of the constants that, in the input graph, more than one node reads (or that are graph outputs)."""
+    shared = {id(t) for t in graph.outputs}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant) and len(tensor.outputs) > 1:
+            shared.add(id(tensor))
+    return shared
+
+
+def _fold(graph: gs.Graph, target: _Target, shift: np.ndarray, shared: set[int]) -> dict[str, Any]:
+    """Subtract `shift` from the layer's bias; returns the layer's report entry."""
+    node = target.node
+    if node.op == "MatMul":
+        bias, how = _matmul_bias(graph, node, shift, shared)
+    else:
+        bias, how = _conv_gemm_bias(graph, node, shift, shared)
+    return {
+        "node": target.name,
+        "op": node.op,
+        "max_abs_shift": float(np.abs(shift).max()),
+        "mean_abs_shift": float(np.abs(shift).mean()),
+        "max_abs_bias": float(np.abs(bias).max()),
+        "bias": how,
+    }
+
+
+def _conv_gemm_bias(graph: gs.Graph, node: gs.Node, shift: np.ndarray, shared: set[int]) -> tuple[np.ndarray, str]:
+    """Conv: ``b' = b − shift``; Gemm: ``C' = C − shift/β``. Returns the new bias and what was done."""
+    beta = float(node.attrs.get("beta", 1.0)) if node.op == "Gemm" else 1.0
+    current = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
+    if current is None or beta == 0.0:
+        values = -shift
+        if node.op == "Gemm":
+            node.attrs["beta"] = 1.0
+        how = "created"
+    else:
+        old = np.asarray(current.values, np.float64)
+        old = old.reshape(1) if old.ndim == 0 else old
+        values = np.broadcast_to(old, old.shape[:-1] + (shift.size,)) - shift / beta
+        how = "copied from a shared constant" if id(current) in shared else "updated" "copied from a shared constant"
+    dtype = node.inputs[1].dtype or np.float32
+    if how == "updated":
+        current.values = np.ascontiguousarray(values).astype(dtype)
+    else:
+        const = gs.Constant(_unique(graph, f"{_stem(node)}.bias_corrected"), np.ascontiguousarray(values).astype(dtype))
+        while len(node.inputs) < 3:
+            node.inputs.append(gs.Variable.empty())
+        node.inputs[2] = const
+    return values, how
+
+
+def _matmul_bias(graph: gs.Graph, node: gs.Node, shift: np.ndarray, shared: set[int]) -> tuple[np.ndarray, str]:
+    """Fold ``−shift`` into the constant of the Add after the MatMul, or into a new Add."""
+    out = node.outputs[0]
+    add = out.outputs[0] if len(out.outputs) == 1 and out not in graph.outputs else None
+    const = None
+    if add is not None and add.op == "Add" and len(add.inputs) == 2:
+        other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+        if isinstance(other, gs.Constant) and other.values.ndim >= 1 and other.values.shape[-1] in (1, shift.size):
+            const = other
+    if const is not None:
+        old = np.asarray(const.values, np.float64)
+        values = np.broadcast_to(old, old.shape[:-1] + (shift.size,)) - shift
+        if id(const) not in shared:
+            const.values = np.ascontiguousarray(values).astype(const.values.dtype)
+            return values, "updated"
+        copy = gs.Constant(_unique(graph, f"{const.name}.bias_corrected"), np.ascontiguousarray(values).astype(const.values.dtype))
+        add.inputs[add.inputs.index(const)] = copy
+        return values, "copied from a shared constant"
+    dtype = node.inputs[1].dtype or np.float32
+    bias = gs.Constant(_unique(graph, f"{_stem(node)}.bias_corrected"), (-shift).astype(dtype))
+    mm_out = gs.Variable(_unique(graph, f"{out.name}.unbiased"), dtype=out.dtype, shape=out.shape)
+    node.outputs.clear()
+    node.outputs.append(mm_out)
+    add_name = f"{node.name}_bias_correction" if node.name else None
+    graph.nodes.append(gs.Node("Add", add_name, inputs=[mm_out, bias], outputs=[out]))
+    return -shift, "created"
+
+
+def _stem(node: gs.Node) -> str:
+    weight = node.inputs[1].name
+    return weight[: -len(".weight")] if weight.endswith(".weight") else weight
+
+
+def _unique(graph: gs.Graph, stem: str) -> str:
+    taken = graph.tensors()
+    name, index = stem, 1
+    while name in taken:
+        name, index = f"{stem}_{index}", index + 1
+    return name

@@ -1,0 +1,652 @@
+"""Sensitivity analysis and fallback: rank the quantized layers by the output error each causes alone.
+
+Unit: one weighted node (Conv, ConvTranspose, Gemm, MatMul) with every Q/DQ the plan puts on its
+inputs (activations, weights) and, for a conv that TensorRT fuses with a residual Add, the Add's
+quantized residual. That is what TensorRT runs in one precision (a layer with a float input is not
+an INT8 layer), what `--exclude` names, and what MACs are counted on; a per-tensor unit would
+measure configurations TensorRT never runs (one input of a conv quantized) and would tie together
+the layers that share one input (the q/k/v projections).
+
+Sensitivity of unit u on the first N calibration samples (outputs y, FP32 reference y_ref):
+    SQNR_u = 10·log10(Σ y_ref² / Σ (y_ref − y_u)²),   y_u: only u quantized, every other unit FP32;
+the worst graph output counts. Noise powers of independent units add, so each unit's share of the
+summed noise  10^(−SQNR_u/10) / Σ_v 10^(−SQNR_v/10)  says how much of the all-quantized error it
+explains. One gated graph serves every measurement: each unit's quantized inputs pass through
+`Where(gate_u, dequantized, original)` with a boolean graph input per unit, so no graph is rebuilt
+per unit or per fallback step. With only u quantized, everything before u computes FP32 values, so
+the reference run caches the tensors crossing a few cuts and u's measurement runs only the graph
+after the last cut before u (results are identical to a full run; ~1.6x faster on the bench models).
+
+Fallback keeps units in floating point, most sensitive first: `budget` units, or as many as it takes
+(at most `max_trials` measured steps) for the output SQNR on the same samples to reach `target_sqnr`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from tqdm.auto import tqdm
+
+from trtq._ort import make_session
+from trtq._shapes import inferred_graph, tensor_types
+from trtq.calibrators.data import Batch, model_inputs
+from trtq.errors import TrtqError
+from trtq.evaluate import _ErrorSums, _pair
+from trtq.exporter.placement import WEIGHTED_OPS, QuantPlan
+from trtq.exporter.qdq import insert_qdq
+
+__all__ = [
+    "DEFAULT_MAX_TRIALS",
+    "DEFAULT_SAMPLES",
+    "FallbackResult",
+    "FallbackStep",
+    "UnitSensitivity",
+    "cast_to_fp16",
+    "count_macs",
+    "sensitivity_fallback",
+    "unit_owners",
+    "without_units",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SAMPLES = 16
+DEFAULT_MAX_TRIALS = 32
+_CHUNK = 8  # samples per ONNX Runtime run when the batch axis is dynamic
+_SEGMENTS = 8  # graph suffixes a single-unit measurement may start from
+_GATE = "trtq_gate_"
+
+
+@dataclass(frozen=True)
+class UnitSensitivity:
+    """How much one quantized unit alone degrades the graph output.
+
+    Attributes:
+        unit: the weighted node whose quantized inputs form the unit.
+        op: its op type.
+        sqnr_db: output SQNR vs FP32 with only this unit quantized (its drop from FP32's noiseless output).
+        noise_share: this unit's share of the summed output noise power of all units.
+        macs: multiply-accumulates per sample (batch 1; None: shape unknown).
+        tensors: the quantized tensors the unit reads (activations, weights, a fused residual).
+    """
+
+    unit: str
+    op: str
+    sqnr_db: float
+    noise_share: float
+    macs: int | None
+    tensors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FallbackStep:
+    """One fallback step: the unit moved to floating point and the output SQNR after it."""
+
+    unit: str
+    sqnr_db: float
+
+
+@dataclass
+class FallbackResult:
+    """The fallback plan and what the analysis measured (most sensitive unit first).
+
+    Attributes:
+        plan: the quantization plan without the units kept in floating point.
+        units: every unit's sensitivity, most sensitive first.
+        kept_float: the units kept in floating point, in the order they fell back.
+        steps: the measured steps (one per unit in `kept_float`).
+        baseline_sqnr_db: output SQNR with every unit quantized.
+        samples: calibration samples measured on.
+        budget, target_sqnr: what was asked.
+        macs: MACs per sample of every Conv/ConvTranspose/Gemm/MatMul (None: unknown).
+        quantized: the units quantized before fallback.
+        seconds: wall time of the analysis (not part of `to_dict`, so reports stay byte-identical).
+    """
+
+    plan: QuantPlan
+    units: list[UnitSensitivity]
+    kept_float: list[str]
+    steps: list[FallbackStep]
+    baseline_sqnr_db: float
+    samples: int
+    budget: int | None
+    target_sqnr: float | None
+    macs: dict[str, int | None] = field(default_factory=dict)
+    quantized: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def final_sqnr_db(self) -> float:
+        """Output SQNR after the fallback (the baseline when nothing fell back)."""
+        return self.steps[-1].sqnr_db if self.steps else self.baseline_sqnr_db
+
+    @property
+    def reached(self) -> bool | None:
+        """Whether the output SQNR reached `target_sqnr` (None when no target was set)."""
+        return None if self.target_sqnr is None else self.final_sqnr_db >= self.target_sqnr
+
+    def mac_fraction(self, units: Iterable[str]) -> float:
+        """Fraction of all weighted-op MACs that `units` run (unknown MACs count as 0)."""
+        total = sum(m or 0 for m in self.macs.values())
+        return sum(self.macs.get(u) or 0 for u in set(units)) / total if total else 0.0
+
+    @property
+    def quantized_mac_fraction(self) -> float:
+        """Fraction of MACs still quantized (INT8/FP8/INT4) after the fallback."""
+        kept = set(self.kept_float)
+        return self.mac_fraction(u for u in self.quantized if u not in kept)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict for the sidecar report."""
+        return {
+            "samples": self.samples, "budget": self.budget, "target_sqnr_db": self.target_sqnr,
+            "reached": self.reached,
+            "baseline_sqnr_db": round(self.baseline_sqnr_db, 4),
+            "final_sqnr_db": round(self.final_sqnr_db, 4),
+            "kept_float": self.kept_float,
+            "steps": [{"unit": s.unit, "sqnr_db": round(s.sqnr_db, 4)} for s in self.steps],
+            "total_macs": sum(m or 0 for m in self.macs.values()),
+            "quantized_mac_fraction_before": round(self.mac_fraction(self.quantized), 6),
+            "quantized_mac_fraction": round(self.quantized_mac_fraction, 6),
+            "units": [{"unit": u.unit, "op": u.op, "sqnr_db": round(u.sqnr_db, 4),
+                       "noise_share": round(u.noise_share, 6), "macs": u.macs, "tensors": list(u.tensors)}
+                      for u in self.units],
+        }
+
+    def format(self, top: int = 10) -> str:
+        """Lines for a terminal: the `top` most sensitive units, the steps, and the MAC fraction."""
+        lines = [f"sensitivity on {self.samples} calibration samples (output SQNR with only that unit "
+                 f"quantized; all quantized: {self.baseline_sqnr_db:.2f} dB)"]
+        lines += [f"  {u.sqnr_db:8.2f} dB  {100 * u.noise_share:5.1f}% of noise  {u.op:<13} {u.unit}"
+                  for u in self.units[:top]]
+        lines += [f"fallback {i + 1}: {s.unit} -> {s.sqnr_db:.2f} dB" for i, s in enumerate(self.steps)]
+        lines.append(f"kept in floating point: {len(self.kept_float)} units; "
+                     f"{100 * self.quantized_mac_fraction:.1f}% of MACs quantized "
+                     f"(before: {100 * self.mac_fraction(self.quantized):.1f}%)")
+        return "\n".join(lines)
+
+
+def sensitivity_fallback(
+    model: onnx.ModelProto,
+    plan: QuantPlan,
+    activation_amax: Mapping[str, float],
+    batches: Iterable[Batch] | None,
+    precision: str,
+    *,
+    opset: int,
+    budget: int | None = None,
+    target_sqnr: float | None = None,
+    samples: int = DEFAULT_SAMPLES,
+    max_trials: int = DEFAULT_MAX_TRIALS,
+    block_size: int = 128,
+    importance: Mapping[str, np.ndarray] | None = None,
+    progress: bool = True,
+) -> FallbackResult:
+    """Measure each unit's sensitivity and choose the units to keep in floating point.
+
+    With neither `budget` nor `target_sqnr`, only the analysis runs and nothing falls back. With
+    both, fallback stops at the target or after `budget` units, whichever comes first.
+
+    Args:
+        model: the FP32 model the plan was made for (after the graph passes).
+        plan: the quantization plan (`plan_quantization`).
+        activation_amax: calibrated amax per activation tensor of the plan.
+        batches: the calibration batches; the first `samples` samples are used.
+        precision: int8 | fp8 | int4, as given to `insert_qdq`.
+        opset: the output opset, as given to `insert_qdq`.
+        budget: keep this many of the most sensitive units in floating point.
+        target_sqnr: fall back until the output SQNR (dB, worst output, on the samples) reaches this.
+        samples: calibration samples to measure on.
+        max_trials: at most this many fallback steps (each one a measured graph) for `target_sqnr`.
+        block_size, importance: as given to `insert_qdq` (INT4).
+        progress: show progress bars.
+
+    Returns:
+        A `FallbackResult` whose `plan` leaves the chosen units unquantized.
+
+    Raises:
+        TrtqError: no calibration data, or an invalid budget, target or sample count.
+    """
+    _validate(batches, budget, target_sqnr, samples, max_trials)
+    started = time.perf_counter()
+    owners = unit_owners(model, plan)
+    gated, gates = _gated_model(model, plan, activation_amax, precision, owners,
+                                block_size=block_size, opset=opset, importance=importance)
+    subset = _subset(batches, samples, _dynamic_batch(model))
+    scorer = _Scorer(gated, gates, subset)
+    macs = count_macs(model, {k: v[:1] for k, v in subset[0].items()})
+    units = _rank(scorer, model, plan, owners, macs, progress)
+    baseline = scorer.sqnr_db(set(gates))
+    steps = _fall_back(scorer, [u.unit for u in units], baseline, budget, target_sqnr, max_trials, progress)
+    kept = [s.unit for s in steps]
+    result = FallbackResult(without_units(model, plan, kept, owners, units), units, kept, steps, baseline,
+                            scorer.samples, budget, target_sqnr, macs, list(gates),
+                            seconds=time.perf_counter() - started)
+    _log(result)
+    return result
+
+
+def _log(result: FallbackResult) -> None:
+    if result.reached is False:
+        logger.warning("fallback: output SQNR %.2f dB after %d units is below the target %.2f dB",
+                       result.final_sqnr_db, len(result.steps), result.target_sqnr)
+    logger.info("fallback: %d units kept in floating point, SQNR %.2f -> %.2f dB, %.1f%% of MACs quantized "
+                "(%.1f s)", len(result.kept_float), result.baseline_sqnr_db, result.final_sqnr_db,
+                100 * result.quantized_mac_fraction, result.seconds)
+
+
+def _validate(batches: Any, budget: int | None, target: float | None, samples: int, max_trials: int) -> None:
+    if batches is None:
+        raise TrtqError("sensitivity analysis and fallback need calibration data.",
+                        "pass --calib-data, or drop --fallback-budget / --target-sqnr.")
+    if budget is not None and (not isinstance(budget, int) or budget < 0):
+        raise TrtqError(f"fallback budget {budget!r} is not a non-negative integer.",
+                        "pass e.g. --fallback-budget 3.")
+    if target is not None and not math.isfinite(target):
+        raise TrtqError(f"target SQNR {target!r} is not a finite number of dB.",
+                        "pass e.g. --target-sqnr 25.")
+    if samples < 1 or max_trials < 1:
+        raise TrtqError(f"samples={samples}, max_trials={max_trials}: both must be at least 1.",
+                        "pass positive counts.")
+
+
+# --- units --------------------------------------------------------------------------------------
+
+
+def unit_owners(model: onnx.ModelProto, plan: QuantPlan) -> dict[str, str]:
+    """Map each consumer node of a planned Q/DQ to its unit: itself, or the conv fused with a residual Add."""
+    owners = {n: n for n in plan.quantized_nodes}
+    producers = {o: n.name for n in model.graph.node for o in n.output}
+    nodes = {n.name: n for n in model.graph.node}
+    for tensor, consumers in plan.activations.items():
+        for name, index in consumers:
+            if name in owners:
+                continue
+            other = [t for i, t in enumerate(nodes[name].input) if i != index]  # the fused conv's output
+            fused = (producers[t] for t in other if producers.get(t) in plan.quantized_nodes)
+            owners[name] = next(fused, name)
+            logger.debug("residual %s of %s belongs to unit %s", tensor, name, owners[name])
+    return owners
+
+
+def without_units(model: onnx.ModelProto, plan: QuantPlan, units: Sequence[str], owners: Mapping[str, str],
+                  ranked: Sequence[UnitSensitivity] = ()) -> QuantPlan:
+    """A copy of `plan` whose `units` (and the residuals fused with them) stay in floating point."""
+    drop = set(units)
+    sqnr = {u.unit: u.sqnr_db for u in ranked}
+    ops = {n.name: n.op_type for n in model.graph.node}
+
+    def keep(consumers: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        return [(n, i) for n, i in consumers if owners.get(n, n) not in drop]
+
+    activations = {t: c for t, c in ((t, keep(c)) for t, c in plan.activations.items()) if c}
+    weights = {s: c for s, c in ((s, keep(c)) for s, c in plan.weights.items()) if c}
+    fallen = [{"node": u, "op": ops.get(u, ""), "reason": _reason(sqnr.get(u))} for u in units]
+    return replace(plan, activations=activations, weights=weights, skipped=[*plan.skipped, *fallen],
+                   residual_adds=[a for a in plan.residual_adds if owners.get(a, a) not in drop],
+                   quantized_nodes=[n for n in plan.quantized_nodes if n not in drop])
+
+
+def _reason(sqnr: float | None) -> str:
+    detail = f" (output SQNR {sqnr:.2f} dB with only it quantized)" if sqnr is not None else ""
+    return "sensitivity fallback" + detail
+
+
+def _unit_tensors(plan: QuantPlan, owners: Mapping[str, str]) -> dict[str, list[str]]:
+    tensors: dict[str, list[str]] = {}
+    items = [*plan.activations.items(), *((s.tensor, c) for s, c in plan.weights.items())]
+    for name, consumers in items:
+        for node, _ in consumers:
+            found = tensors.setdefault(owners.get(node, node), [])
+            if name not in found:
+                found.append(name)
+    return tensors
+
+
+# --- one gated graph for every measurement ------------------------------------------------------
+
+
+def _gated_model(model: onnx.ModelProto, plan: QuantPlan, amax: Mapping[str, float], precision: str,
+                 owners: Mapping[str, str], *, block_size: int, opset: int,
+                 importance: Mapping[str, np.ndarray] | None) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """The QDQ graph with every planned input behind `Where(gate_unit, dequantized, original)`."""
+    qmodel, _ = insert_qdq(model, plan, amax, precision, block_size=block_size, opset=opset,
+                           importance=importance)
+    gates = {u: f"{_GATE}{i}" for i, u in enumerate(dict.fromkeys(owners.values()))}
+    originals = {n.name: list(n.input) for n in model.graph.node}
+    consumers = [c for cs in [*plan.activations.values(), *plan.weights.values()] for c in cs]
+    wheres: dict[str, list[onnx.NodeProto]] = {}
+    qnodes = {n.name: n for n in qmodel.graph.node}
+    for name, index in sorted(set(consumers)):
+        node, gate = qnodes[name], gates[owners[name]]
+        out = f"{node.input[index]}__{gate}__{name}"
+        if out not in {w.output[0] for w in wheres.get(name, [])}:
+            wheres.setdefault(name, []).append(helper.make_node(
+                "Where", [gate, node.input[index], originals[name][index]], [out], name=f"{out}_Where"))
+        node.input[index] = out
+    constants = _restore_originals(model, qmodel, {originals[n][i] for n, i in consumers})
+    order = [*constants, *(w for n in qmodel.graph.node for w in [*wheres.get(n.name, []), n])]
+    del qmodel.graph.node[:]
+    qmodel.graph.node.extend(order)
+    qmodel.graph.input.extend(helper.make_tensor_value_info(g, TensorProto.BOOL, []) for g in gates.values())
+    return qmodel, gates
+
+
+def _restore_originals(model: onnx.ModelProto, qmodel: onnx.ModelProto,
+                       names: set[str]) -> list[onnx.NodeProto]:
+    """Put back the float weights `insert_qdq` replaced; returns the Constant nodes to prepend."""
+    g = qmodel.graph
+    present = {i.name for i in [*g.initializer, *g.input]} | {o for n in g.node for o in n.output}
+    missing = names - present
+    g.initializer.extend(i for i in model.graph.initializer if i.name in missing)
+    return [n for n in model.graph.node if n.op_type == "Constant" and n.output[0] in missing]
+
+
+def _dynamic_batch(model: onnx.ModelProto) -> bool:
+    return all(s.shape and s.shape[0] is None for s in model_inputs(model))
+
+
+def _subset(batches: Iterable[Batch], samples: int, dynamic: bool) -> list[Batch]:
+    """The first `samples` samples, regrouped into batches of `_CHUNK` when the batch axis allows it."""
+    taken: list[Batch] = []
+    seen = 0
+    for batch in batches:
+        n = next(iter(batch.values())).shape[0]
+        taken.append({k: v[: samples - seen] for k, v in batch.items()})
+        seen += min(n, samples - seen)
+        if seen >= samples:
+            break
+    same = len({tuple((k, v.shape[1:]) for k, v in sorted(b.items())) for b in taken}) == 1
+    if not dynamic or not same or len(taken) == 1:
+        return taken
+    joined = {k: np.concatenate([b[k] for b in taken]) for k in taken[0]}
+    return [{k: v[i: i + _CHUNK] for k, v in joined.items()} for i in range(0, seen, _CHUNK)]
+
+
+class _Scorer:
+    """Runs the gated graph on the subset and measures the output SQNR of a set of quantized units.
+
+    With only units at or after node `cut` quantized, everything before `cut` computes FP32 values:
+    the reference run caches the tensors that cross each of a few cuts, and such a measurement runs
+    only the graph after the cut (one session per cut, held while its units are measured).
+    """
+
+    def __init__(self, gated: onnx.ModelProto, gates: Mapping[str, str], subset: list[Batch]) -> None:
+        self._gated, self._gates, self._subset = gated, dict(gates), subset
+        self._outputs = [o.name for o in gated.graph.output]
+        self.samples = sum(next(iter(b.values())).shape[0] for b in subset)
+        self.position = _first_reads(gated, gates)
+        starts = list(self.position.values())[:: max(1, -(-len(self.position) // _SEGMENTS))]
+        self._cuts = sorted({0, *starts})
+        self._segment = {u: sum(c <= p for c in self._cuts) - 1 for u, p in self.position.items()}
+        self._const = _constant_nodes(gated.graph)
+        self._live = [_live_tensors(gated.graph, cut, self._const) for cut in self._cuts]
+        self._reference, self._cached = self._reference_run()
+        self._sessions = {0: make_session(gated, exact_qdq=True)}
+
+    def _reference_run(self) -> tuple[list[list[np.ndarray]], list[dict[str, np.ndarray]]]:
+        extra = sorted(set().union(*self._live))
+        session = make_session(self._gated, outputs=extra, exact_qdq=True)
+        reference, cached = [], []
+        for batch in self._subset:
+            values = session.run([*self._outputs, *extra], {**batch, **self._feed(set())})
+            reference.append(values[: len(self._outputs)])
+            cached.append(dict(zip(extra, values[len(self._outputs):], strict=True)))
+        return reference, cached
+
+    def _feed(self, on: set[str]) -> dict[str, np.ndarray]:
+        return {g: np.array(u in on) for u, g in self._gates.items()}
+
+    def _session(self, segment: int) -> Any:
+        if segment not in self._sessions:
+            for old in [k for k in self._sessions if k]:  # hold one suffix session at a time
+                del self._sessions[old]
+            cut, live = self._cuts[segment], self._live[segment]
+            types = {t: self._cached[0][t].dtype for t in live}
+            self._sessions[segment] = make_session(_suffix_model(self._gated, cut, self._const, types),
+                                                   exact_qdq=True)
+        return self._sessions[segment]
+
+    def sqnr_db(self, on: set[str]) -> float:
+        """Worst output SQNR (dB, capped as `trtq.evaluate` caps it) with the units `on` quantized."""
+        segment = min((self._segment[u] for u in on), default=0)
+        session, live = self._session(segment), self._live[segment]
+        sums = [_ErrorSums() for _ in self._outputs]
+        for batch, cached, reference in zip(self._subset, self._cached, self._reference, strict=True):
+            feed = {**batch, **self._feed(on), **{t: cached[t] for t in live}}
+            for acc, ref, cand in zip(sums, reference, session.run(self._outputs, feed), strict=True):
+                acc.add(_pair(ref, cand))
+        return min(acc.sqnr_db() for acc in sums)
+
+
+def _first_reads(gated: onnx.ModelProto, gates: Mapping[str, str]) -> dict[str, int]:
+    """Unit -> index of the first node that reads its gate, in node order."""
+    unit = {g: u for u, g in gates.items()}
+    first: dict[str, int] = {}
+    for i, node in enumerate(gated.graph.node):
+        if node.op_type == "Where" and node.input[0] in unit:
+            first.setdefault(unit[node.input[0]], i)
+    return first
+
+
+def _constant_nodes(graph: onnx.GraphProto) -> set[int]:
+    """Indices of the nodes computed from initializers alone (weight DequantizeLinear, Constant)."""
+    known = {i.name for i in graph.initializer}
+    const = set()
+    for i, node in enumerate(graph.node):
+        if all(not t or t in known for t in node.input):
+            const.add(i)
+            known.update(node.output)
+    return const
+
+
+def _live_tensors(graph: onnx.GraphProto, cut: int, const: set[int]) -> list[str]:
+    """Tensors computed before node `cut` (from data) and read at or after it."""
+    inputs = {i.name for i in graph.input}
+    produced = {o for i, n in enumerate(graph.node[:cut]) if i not in const for o in n.output}
+    needed = {t for i, n in enumerate(graph.node) if i >= cut and i not in const for t in n.input}
+    return sorted((produced & (needed | {o.name for o in graph.output})) - inputs)
+
+
+def _suffix_model(gated: onnx.ModelProto, cut: int, const: set[int],
+                  live: Mapping[str, np.dtype]) -> onnx.ModelProto:
+    """The gated graph from node `cut` on, taking the live tensors at the cut as inputs."""
+    g = gated.graph
+    nodes = [n for i, n in enumerate(g.node) if i >= cut or i in const]
+    used = {t for n in nodes for t in n.input}
+    inputs = [*g.input, *(helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(d), None)
+                          for t, d in live.items())]
+    graph = helper.make_graph(nodes, f"{g.name}_from_{cut}", inputs, list(g.output),
+                              [i for i in g.initializer if i.name in used])
+    return helper.make_model(graph, opset_imports=list(gated.opset_import), ir_version=gated.ir_version)
+
+
+def _rank(scorer: _Scorer, model: onnx.ModelProto, plan: QuantPlan, owners: Mapping[str, str],
+          macs: Mapping[str, int | None], progress: bool) -> list[UnitSensitivity]:
+    """Measure every unit alone (in graph order, one suffix session at a time); most sensitive first."""
+    ops = {n.name: n.op_type for n in model.graph.node}
+    tensors = _unit_tensors(plan, owners)
+    units = list(dict.fromkeys(owners.values()))
+    ordered = sorted(units, key=scorer.position.__getitem__)
+    bar = tqdm(ordered, desc="sensitivity", unit="layer", disable=not progress)
+    sqnr = {u: scorer.sqnr_db({u}) for u in bar}
+    noise = {u: 10.0 ** (-s / 10.0) for u, s in sqnr.items()}
+    total = sum(noise.values()) or 1.0
+    ranked = [UnitSensitivity(u, ops.get(u, ""), sqnr[u], noise[u] / total, macs.get(u),
+                              tuple(tensors.get(u, []))) for u in units]
+    return sorted(ranked, key=lambda s: (s.sqnr_db, s.unit))
+
+
+def _fall_back(scorer: _Scorer, ranking: list[str], baseline: float, budget: int | None, target: float | None,
+               max_trials: int, progress: bool) -> list[FallbackStep]:
+    """Fall back the most sensitive units one by one, measuring the output after each."""
+    if (budget is None and target is None) or (target is not None and baseline >= target):
+        return []
+    limit = len(ranking) if budget is None else min(budget, len(ranking))
+    if target is not None:
+        limit = min(limit, max_trials)
+    if budget is not None and budget > len(ranking):
+        logger.warning("fallback budget %d exceeds the %d quantized units; keeping all in float",
+                       budget, len(ranking))
+    steps: list[FallbackStep] = []
+    quantized = set(ranking)
+    for unit in tqdm(ranking[:limit], desc="fallback", unit="step", disable=not progress):
+        quantized.discard(unit)
+        steps.append(FallbackStep(unit, scorer.sqnr_db(quantized)))
+        logger.info("fallback step %d: %s -> %.2f dB", len(steps), unit, steps[-1].sqnr_db)
+        if target is not None and steps[-1].sqnr_db >= target:
+            break
+    return steps
+
+
+# --- MACs ---------------------------------------------------------------------------------------
+
+
+def count_macs(model: onnx.ModelProto, sample: Mapping[str, np.ndarray]) -> dict[str, int | None]:
+    """Multiply-accumulates of every Conv/ConvTranspose/Gemm/MatMul for the input shapes of `sample`.
+
+    Shapes come from ONNX shape inference with the graph inputs fixed to `sample`'s shapes; when
+    inference leaves a needed dimension unknown, one ONNX Runtime run on `sample` reads it.
+
+    Args:
+        model: the FP32 model.
+        sample: one feed (`{input: array}`; batch 1 gives MACs per sample).
+
+    Returns:
+        node name -> MACs (None when a shape stays unknown).
+    """
+    nodes = [n for n in model.graph.node if n.op_type in WEIGHTED_OPS]
+    shapes = _inferred_shapes(model, {k: v.shape for k, v in sample.items()})
+    macs = {n.name: _node_macs(n, shapes) for n in nodes}
+    unknown = [n for n in nodes if macs[n.name] is None]
+    if unknown:
+        needed = {t for n in unknown for t in [*n.input[:2], n.output[0]] if t}
+        shapes.update(_run_shapes(model, sample, needed))
+        macs.update({n.name: _node_macs(n, shapes) for n in unknown})
+    return macs
+
+
+def _inferred_shapes(model: onnx.ModelProto,
+                     input_shapes: Mapping[str, Sequence[int]]) -> dict[str, list[int | None]]:
+    saved = [onnx.ValueInfoProto() for _ in model.graph.input]
+    for copy, vi in zip(saved, model.graph.input, strict=True):
+        copy.CopyFrom(vi)
+        if vi.name in input_shapes:
+            del vi.type.tensor_type.shape.dim[:]
+            vi.type.tensor_type.shape.dim.extend(onnx.TensorShapeProto.Dimension(dim_value=int(d))
+                                                 for d in input_shapes[vi.name])
+    try:
+        graph = inferred_graph(model)
+    finally:
+        del model.graph.input[:]
+        model.graph.input.extend(saved)
+    shapes = {vi.name: _dims(vi) for vi in [*graph.input, *graph.value_info, *graph.output]}
+    shapes.update({i.name: list(i.dims) for i in model.graph.initializer})
+    shapes.update({n.output[0]: list(numpy_helper.to_array(a.t).shape) for n in model.graph.node
+                   if n.op_type == "Constant" for a in n.attribute if a.name == "value"})
+    return shapes
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[int | None]:
+    return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+
+
+def _run_shapes(model: onnx.ModelProto, sample: Mapping[str, np.ndarray],
+                names: set[str]) -> dict[str, list[int]]:
+    inputs = {i.name for i in model.graph.input}
+    exposed = sorted(names - inputs - {i.name for i in model.graph.initializer})
+    values = make_session(model, outputs=exposed).run(exposed, dict(sample)) if exposed else []
+    found = {n: list(v.shape) for n, v in zip(exposed, values, strict=True)}
+    found.update({n: list(v.shape) for n, v in sample.items() if n in names})
+    return found
+
+
+def _node_macs(node: onnx.NodeProto, shapes: Mapping[str, list[int | None]]) -> int | None:
+    a, w = (shapes.get(node.input[i]) if len(node.input) > i else None for i in (0, 1))
+    out = shapes.get(node.output[0])
+    if node.op_type == "Conv":
+        dims = None if out is None or w is None else [*out, *w[1:]]
+    elif node.op_type == "ConvTranspose":
+        dims = None if a is None or w is None else [*a, *w[1:]]
+    elif node.op_type == "Gemm":
+        k_axis = 0 if any(x.name == "transA" and x.i for x in node.attribute) else -1
+        dims = None if a is None or out is None else [*out, a[k_axis]]
+    else:  # MatMul: every output element is a dot product over A's last axis
+        dims = None if a is None or out is None else [*out, a[-1]]
+    if dims is None or any(d is None or d < 0 for d in dims):
+        return None
+    return int(np.prod(dims, dtype=np.int64))
+
+
+# --- FP16 fallback ------------------------------------------------------------------------------
+
+
+def cast_to_fp16(model: onnx.ModelProto, nodes: Iterable[str]) -> onnx.ModelProto:
+    """Run `nodes` in float16: Cast their float inputs, store their float weights as float16, Cast back.
+
+    TensorRT 11 builds strongly typed networks, where a layer's precision is its ONNX tensor types,
+    so an FP32 op in the ONNX runs in FP32; this puts the FP16 in the graph. A fallback node that
+    reads another fallback node's output reads its float16 tensor directly. In place; returns `model`.
+    """
+    wanted = set(nodes)
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    activations = [t for n in g.node if n.name in wanted for t in n.input if t and t not in inits]
+    types = tensor_types(model, activations)
+    half: dict[str, str] = {}
+    order: list[onnx.NodeProto] = []
+    for node in g.node:
+        if node.name in wanted:
+            for i, name in enumerate(node.input):
+                if name and types.get(name) in (None, TensorProto.UNDEFINED, TensorProto.FLOAT):
+                    node.input[i] = half.get(name) or _half_twin(name, inits, g, order, half)
+            order.append(node)
+            order.extend(_cast_outputs_back(node, half))
+        else:
+            order.append(node)
+    del g.node[:]
+    g.node.extend(order)
+    _drop_unread(g, set(half))
+    return model
+
+
+def _half_twin(name: str, inits: Mapping[str, onnx.TensorProto], g: onnx.GraphProto,
+               order: list[onnx.NodeProto], half: dict[str, str]) -> str:
+    twin = f"{name}_fp16"
+    if name in inits:
+        values = numpy_helper.to_array(inits[name]).astype(np.float16)
+        g.initializer.append(numpy_helper.from_array(values, twin))
+    else:
+        order.append(helper.make_node("Cast", [name], [twin], name=f"{name}_to_fp16", to=TensorProto.FLOAT16))
+    half[name] = twin
+    return twin
+
+
+def _cast_outputs_back(node: onnx.NodeProto, half: dict[str, str]) -> list[onnx.NodeProto]:
+    casts = []
+    for i, out in enumerate(node.output):
+        twin = f"{out}_fp16"
+        node.output[i] = twin
+        half[out] = twin
+        casts.append(helper.make_node("Cast", [twin], [out], name=f"{out}_to_fp32", to=TensorProto.FLOAT))
+    return casts
+
+
+def _drop_unread(g: onnx.GraphProto, candidates: set[str]) -> None:
+    """Remove the FP32 initializers and back-Casts that nothing reads any more."""
+    read = {t for n in g.node for t in n.input} | {o.name for o in g.output}
+    dead = [n for n in g.node if n.op_type == "Cast" and n.output[0] in candidates - read]
+    for n in dead:
+        g.node.remove(n)
+    read = {t for n in g.node for t in n.input} | {o.name for o in g.output}
+    unused = [i for i in g.initializer if i.name in candidates and i.name not in read]
+    for i in unused:
+        g.initializer.remove(i)
