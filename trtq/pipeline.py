@@ -93,6 +93,7 @@ def quantize(
         batches = open_batches(calib_data, fp32, batch_size=cfg.calib.batch_size, max_samples=cfg.calib.max_samples)
     try:
         folded, pass_reports, pass_seconds = _run_passes(fp32, cfg, batches, progress)
+        del fp32  # the passes' output replaces it: holding both would double the weights in memory
         plan = _plan(folded, cfg)
         calib_report, amax = _calibrate(folded, plan, batches, cfg, progress)
         importance = _channel_power(folded, plan, batches, progress)
