@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -10,6 +12,8 @@ from onnx import TensorProto, helper, numpy_helper, version_converter
 import graphs
 import trtq
 from trtq.calibrators.data import open_batches
+from trtq.cli import main
+from trtq.config import QuantConfig
 from trtq.errors import TrtqError
 from trtq.exporter.placement import plan_quantization
 from trtq.exporter.qdq import insert_qdq
@@ -229,3 +233,46 @@ def test_no_calibration_data_is_a_clear_error():
     model = outlier_mlp()
     with pytest.raises(TrtqError, match="calibration data"):
         sensitivity_fallback(model, plan_quantization(model, "int8"), {}, None, "int8", opset=OPSET)
+
+
+# --- wired into trtq.quantize and the CLI -------------------------------------------------------
+
+
+def test_quantize_with_a_fallback_budget_writes_the_report(tmp_path):
+    model_path, calib = tmp_path / "mlp.onnx", tmp_path / "calib.npz"
+    onnx.save(outlier_mlp(), str(model_path))
+    np.savez(calib, **_mlp_data(32))
+    result = trtq.quantize(model_path, calib, tmp_path / "q.onnx", config=QuantConfig(fallback_budget=1),
+                           progress=False)
+    report = result.report
+    assert report["fallback"]["kept_float"] == ["fc2"] and report["fallback"]["dtype"] == "fp32"
+    assert report["summary"]["quantized_nodes"] == 2
+    assert {"node": "fc2", "op": "MatMul"}.items() <= report["skipped"][-1].items()
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    fc2 = next(n for n in model.graph.node if n.name == "fc2")
+    assert list(fc2.input) == ["h1", "w2"]  # no Q/DQ in front of the fallen-back layer
+    assert result.fallback is not None and result.fallback.seconds > 0
+    feeds = _mlp_data(16, seed=7)
+    assert _sqnr(outlier_mlp(), model, feeds) > result.fallback.baseline_sqnr_db + 20
+
+
+def test_quantize_fp16_fallback_passes_the_check():
+    config = QuantConfig(target_sqnr=25.0, fallback_dtype="fp16")
+    result = trtq.quantize(outlier_mlp(), _mlp_data(32), config=config, progress=False)
+    fc2 = next(n for n in result.model.graph.node if n.name == "fc2")
+    assert fc2.input[0] == "h1_fp16" and result.report["check"]["ok"]
+    assert result.report["fallback"]["dtype"] == "fp16" and result.report["fallback"]["reached"]
+
+
+def test_cli_fallback_flags(tmp_path):
+    model_path, calib = tmp_path / "mlp.onnx", tmp_path / "calib.npz"
+    onnx.save(outlier_mlp(), str(model_path))
+    np.savez(calib, **_mlp_data(32))
+    out = tmp_path / "q.onnx"
+    assert main(["quantize", str(model_path), "-o", str(out), "--calib-data", str(calib), "--quiet",
+                 "--fallback-budget", "1", "--fallback-samples", "8"]) == 0
+    report = json.loads((tmp_path / "q.trtq.json").read_text())
+    assert report["fallback"]["kept_float"] == ["fc2"] and report["fallback"]["samples"] == 8
+    assert report["config"]["fallback_budget"] == 1
+    assert main(["quantize", str(model_path), "-o", str(out), "--calib-data", str(calib),
+                 "--fallback-dtype", "bf16"]) == 2

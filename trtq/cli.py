@@ -11,7 +11,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from trtq.config import CALIB_METHODS, PRECISIONS, TARGETS, TRT_VERSIONS, CalibConfig, QuantConfig, Target
+from trtq.config import (
+    CALIB_METHODS,
+    FALLBACK_DTYPES,
+    PRECISIONS,
+    TARGETS,
+    TRT_VERSIONS,
+    CalibConfig,
+    QuantConfig,
+    Target,
+)
 from trtq.errors import TrtqError
 
 __all__ = ["main"]
@@ -43,6 +52,17 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     _add_target_args(p)
     _add_image_args(p)
     _add_degrade_args(p, calibration=True)
+    p.add_argument("--fallback-budget", type=int, metavar="N",
+                   help="keep the N layers whose quantization hurts the output most in floating point "
+                   "(0: only report each layer's sensitivity)")
+    p.add_argument("--target-sqnr", type=float, metavar="DB",
+                   help="keep the most sensitive layers in floating point until the output SQNR reaches DB")
+    p.add_argument("--fallback-samples", type=int, default=QuantConfig.fallback_samples, metavar="N",
+                   help="calibration samples the sensitivity analysis runs on "
+                   f"(default {QuantConfig.fallback_samples})")
+    p.add_argument("--fallback-dtype", default=QuantConfig.fallback_dtype,
+                   help=f"precision of the layers kept in floating point: {', '.join(FALLBACK_DTYPES)} "
+                   "(default fp32)")
     p.add_argument("--no-check", action="store_true", help="write the output even if `trtq check` finds errors")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_quantize)
@@ -194,6 +214,10 @@ def _run_quantize(args: argparse.Namespace) -> int:
         target=_target(args),
         check=not args.no_check,
         passes=_passes(args.passes),
+        fallback_budget=args.fallback_budget,
+        target_sqnr=args.target_sqnr,
+        fallback_samples=args.fallback_samples,
+        fallback_dtype=args.fallback_dtype,
     )
     if config.precision != "int4" and not args.calib_data:
         raise TrtqError(f"{config.precision.upper()} needs calibration data.", "pass --calib-data CALIB.npz.")
@@ -206,6 +230,8 @@ def _run_quantize(args: argparse.Namespace) -> int:
           f"{s['skipped_nodes']} skipped) in {result.seconds:.1f} s")
     if s["tensors_with_nonfinite_excluded"]:
         print(f"non-finite values excluded from ranges: {s['tensors_with_nonfinite_excluded']}")
+    if result.fallback is not None:
+        print(result.fallback.format(top=10))
     check = result.report.get("check")
     if check:
         print("check: " + ", ".join(f"{n} {k}" for k, n in check["counts"].items()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -11,6 +12,7 @@ from trtq.errors import TrtqError
 __all__ = [
     "CALIB_METHODS",
     "DEFAULT_CALIB_METHOD",
+    "FALLBACK_DTYPES",
     "PRECISIONS",
     "TARGETS",
     "TRT_VERSIONS",
@@ -25,6 +27,8 @@ CALIB_METHODS = ("minmax", "percentile", "entropy", "mse")
 # Chosen on bench/ (best on both real models there): see README "Calibration methods" for the figures.
 DEFAULT_CALIB_METHOD = "minmax"
 TRT_VERSIONS = ("10.3", "10.16", "11")
+# Precision of the layers sensitivity fallback keeps out of INT8/FP8 (fp16: Casts and float16 weights).
+FALLBACK_DTYPES = ("fp32", "fp16")
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,12 @@ class QuantConfig(_JsonConfig):
         check: run `trtq.check` on the output and refuse to write it when it finds errors.
         passes: graph passes to run before calibration (cle, rotate, smoothquant, repq, biascorr);
             None: the defaults for the model's family; () : none.
+        fallback_budget: keep this many of the most sensitive quantized layers in floating point
+            (0: measure and report the sensitivity only; None, with no target_sqnr: no analysis).
+        target_sqnr: keep the most sensitive layers in floating point until the output SQNR (dB, on
+            the fallback samples) reaches this; with fallback_budget, at most that many layers.
+        fallback_samples: calibration samples the sensitivity analysis runs on (the first ones).
+        fallback_dtype: fp32 | fp16: precision of the layers kept in floating point.
     """
 
     precision: str = "int8"
@@ -169,6 +179,10 @@ class QuantConfig(_JsonConfig):
     target: Target | None = None
     check: bool = True
     passes: tuple[str, ...] | None = None
+    fallback_budget: int | None = None
+    target_sqnr: float | None = None
+    fallback_samples: int = 16
+    fallback_dtype: str = "fp32"
 
     def __post_init__(self) -> None:
         _choice(self.precision, PRECISIONS, "precision", "--precision")
@@ -181,6 +195,7 @@ class QuantConfig(_JsonConfig):
                 "choose --precision int8 (or int4 weight-only), or a target that runs it "
                 "(fp8: ada, hopper, blackwell, thor).",
             )
+        self._validate_fallback()
         import re
 
         for pattern in self.exclude:
@@ -189,6 +204,17 @@ class QuantConfig(_JsonConfig):
             except re.error as exc:
                 raise TrtqError(f"--exclude {pattern!r} is not a valid regular expression ({exc}).",
                                 "fix or quote the pattern.") from exc
+
+    def _validate_fallback(self) -> None:
+        if self.fallback_budget is not None and self.fallback_budget < 0:
+            raise TrtqError(f"fallback_budget={self.fallback_budget} is negative.",
+                            "pass e.g. --fallback-budget 3.")
+        if self.target_sqnr is not None and not math.isfinite(self.target_sqnr):
+            raise TrtqError(f"target_sqnr={self.target_sqnr} is not a finite number of dB.",
+                            "pass e.g. --target-sqnr 25.")
+        if self.fallback_samples < 1:
+            raise TrtqError(f"fallback_samples={self.fallback_samples} must be at least 1.", "pass e.g. 16.")
+        _choice(self.fallback_dtype, FALLBACK_DTYPES, "fallback dtype", "--fallback-dtype")
 
 
 _NESTED: dict[tuple[str, str], type[_JsonConfig]] = {

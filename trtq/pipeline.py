@@ -26,6 +26,7 @@ from trtq.errors import TrtqError
 from trtq.exporter.passes import PassContext, get_pass, resolve_passes
 from trtq.exporter.placement import QuantPlan, plan_quantization
 from trtq.exporter.qdq import insert_qdq
+from trtq.sensitivity import FallbackResult, cast_to_fp16, sensitivity_fallback
 
 __all__ = ["QuantizeResult", "calibrate", "quantize"]
 
@@ -48,6 +49,7 @@ class QuantizeResult:
     report_path: Path | None = None
     seconds: float = 0.0
     pass_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    fallback: FallbackResult | None = None
 
 
 def quantize(
@@ -97,22 +99,30 @@ def quantize(
         plan = _plan(folded, cfg)
         calib_report, amax = _calibrate(folded, plan, batches, cfg, progress)
         importance = _channel_power(folded, plan, batches, progress)
+        fallback = _fallback(folded, plan, amax, batches, cfg, importance, progress)
+        if fallback is not None:
+            plan = fallback.plan
     finally:
         if batches is not None:
             batches.close()
     qmodel, tensors = insert_qdq(folded, plan, amax, cfg.precision, block_size=cfg.block_size,
                                  opset=_opset(folded), importance=importance)
+    if fallback is not None and cfg.fallback_dtype == "fp16":
+        qmodel = cast_to_fp16(qmodel, fallback.kept_float)
     for name, entry in tensors.items():
         if entry["kind"] == "activation":
             entry.update(calib_report[name])
     report = _report(cfg, source, plan, tensors, calib_report)
     report["passes"] = pass_reports
+    if fallback is not None:
+        report["fallback"] = {"dtype": cfg.fallback_dtype, **fallback.to_dict()}
     data_report = batches.source_report() if batches is not None else None
     if data_report is not None:
         report["calibration_data"] = data_report
     if cfg.check:
         report["check"] = _run_check(qmodel, cfg)
-    result = QuantizeResult(qmodel, report, seconds=time.perf_counter() - started, pass_seconds=pass_seconds)
+    result = QuantizeResult(qmodel, report, seconds=time.perf_counter() - started, pass_seconds=pass_seconds,
+                            fallback=fallback)
     if output is not None:
         result.path = _io.save_model(qmodel, output)
         result.report_path = _io.write_json(report, _io.sidecar_path(output))
@@ -129,6 +139,17 @@ def _plan(model: onnx.ModelProto, cfg: QuantConfig) -> QuantPlan:
             "check --exclude, or quantize a model that has convolutions or matrix multiplications.",
         )
     return plan
+
+
+def _fallback(model: onnx.ModelProto, plan: QuantPlan, amax: dict[str, float], batches: BatchStream | None,
+              cfg: QuantConfig, importance: dict[str, np.ndarray], progress: bool) -> FallbackResult | None:
+    """Sensitivity analysis and fallback when the config asks for a budget or a target SQNR."""
+    if cfg.fallback_budget is None and cfg.target_sqnr is None:
+        return None
+    return sensitivity_fallback(model, plan, amax, batches, cfg.precision, opset=_opset(model),
+                                budget=cfg.fallback_budget, target_sqnr=cfg.target_sqnr,
+                                samples=cfg.fallback_samples, block_size=cfg.block_size,
+                                importance=importance, progress=progress)
 
 
 def _run_passes(model: onnx.ModelProto, cfg: QuantConfig, batches: BatchStream | None,

@@ -622,7 +622,8 @@ def _half_twin(name: str, inits: Mapping[str, onnx.TensorProto], g: onnx.GraphPr
                order: list[onnx.NodeProto], half: dict[str, str]) -> str:
     twin = f"{name}_fp16"
     if name in inits:
-        values = numpy_helper.to_array(inits[name]).astype(np.float16)
+        finite = float(np.finfo(np.float16).max)  # saturate rather than overflow to inf
+        values = np.clip(numpy_helper.to_array(inits[name]), -finite, finite).astype(np.float16)
         g.initializer.append(numpy_helper.from_array(values, twin))
     else:
         order.append(helper.make_node("Cast", [name], [twin], name=f"{name}_to_fp16", to=TensorProto.FLOAT16))
