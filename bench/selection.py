@@ -54,7 +54,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import trtq  # noqa: E402
 from trtq._io import load_model  # noqa: E402
 from trtq._ort import make_session  # noqa: E402
-from trtq.calibrators.select import METHODS, extract_features, select_samples  # noqa: E402
+from trtq.calibrators.select import (  # noqa: E402
+    METHODS,
+    STATISTICS,
+    FeatureSet,
+    extract_features,
+    select_samples,
+)
 from trtq.config import CalibConfig, QuantConfig  # noqa: E402
 from trtq.testing.data import (  # noqa: E402
     CALIB_PHOTOS,
@@ -246,6 +252,18 @@ class Results:
         self.path.write_text(json.dumps(self.rows, indent=1))
 
 
+def cached_features(model: Any, cands: Any, path: Path) -> FeatureSet:
+    """The candidates' features, read from `path` when an earlier run saved them there."""
+    if path.exists():
+        with np.load(path) as z:
+            return FeatureSet(str(z["tensor"]), z["values"], {s: z[s] for s in STATISTICS},
+                              tuple(int(d) for d in z["shape"]), str(z["mask"]) or None, float(z["seconds"]))
+    f = extract_features(model, cands, batch_size=8, progress=True)
+    np.savez(path, tensor=f.tensor, values=f.values, shape=np.array(f.shape), mask=f.mask or "",
+             seconds=f.seconds, **f.stats)
+    return f
+
+
 def fidelity(name: str, args: argparse.Namespace, results: Results) -> None:
     fp32 = model_path(name, args.out)
     proto = load_model(fp32)
@@ -263,7 +281,7 @@ def fidelity(name: str, args: argparse.Namespace, results: Results) -> None:
         if results.find(**common, key=key):
             continue
         if features is None:
-            features = extract_features(proto, cands, batch_size=8, progress=True)
+            features = cached_features(proto, cands, args.out / f"features_{name}_{args.candidates}.npz")
             print(f"[{name}] features {features.tensor} {features.values.shape} in {features.seconds:.0f} s")
         sel = select_samples(proto, cands, n, method=method, seed=seed, features=features, progress=False)
         chosen = tuple(sel.indices.tolist())

@@ -21,7 +21,8 @@ def _init(name: str, value: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(value, np.float32), name)
 
 
-def _model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], x_shape: list, y_shape: list) -> onnx.ModelProto:
+def _model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], x_shape: list,
+           y_shape: list) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
@@ -73,7 +74,8 @@ def pointwise_depthwise_pointwise(seed: int = SEED) -> onnx.ModelProto:
              _init("w2", _weights(rng, (5, 12, 1, 1))), *_bounds()]
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="expand"),
              helper.make_node("Clip", ["c1", "lo", "hi"], ["a1"], name="relu6_1"),
-             helper.make_node("Conv", ["a1", "wd", "bd"], ["cd"], name="depthwise", group=12, pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a1", "wd", "bd"], ["cd"], name="depthwise", group=12,
+                              pads=[1, 1, 1, 1]),
              helper.make_node("Clip", ["cd", "lo", "hi"], ["ad"], name="relu6_2"),
              helper.make_node("Conv", ["ad", "w2"], ["y"], name="project")]
     return _model(nodes, inits, [2, 4, 6, 6], [2, 5, 6, 6])
@@ -128,7 +130,8 @@ CASES = {
     "pointwise-depthwise-pointwise": pointwise_depthwise_pointwise,
     "gemm-relu-gemm-matmul": gemm_relu_gemm,
 }
-PAIRS = {"conv-relu-conv": 1, "conv-relu-maxpool-conv": 1, "conv-none-conv": 1, "conv-relu6-conv": 1, "pointwise-depthwise-pointwise": 2,
+PAIRS = {"conv-relu-conv": 1, "conv-relu-maxpool-conv": 1, "conv-none-conv": 1, "conv-relu6-conv": 1,
+         "pointwise-depthwise-pointwise": 2,
          "gemm-relu-gemm-matmul": 3}
 
 
@@ -156,7 +159,8 @@ def test_three_layer_chain_reaches_the_geometric_mean() -> None:
     before, after = _initializers(model), _initializers(cross_layer_equalization(model).model)
 
     def ranges(w: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return np.abs(w["w1"]).max(axis=(1, 2, 3)), np.abs(w["wd"]).max(axis=(1, 2, 3)), np.abs(w["w2"]).max(axis=(0, 2, 3))
+        return (np.abs(w["w1"]).max(axis=(1, 2, 3)), np.abs(w["wd"]).max(axis=(1, 2, 3)),
+                np.abs(w["w2"]).max(axis=(0, 2, 3)))
 
     r1, r2, r3 = ranges(before)
     q1, q2, q3 = ranges(after)
@@ -189,7 +193,8 @@ def test_unknown_relu6_mode_is_a_user_error() -> None:
         cross_layer_equalization(conv_act_conv(), relu6="clip")
 
 
-def _two_conv_graph(middle: list[onnx.NodeProto], second_input: str, extra_inits=(), extra_out=None) -> onnx.ModelProto:
+def _two_conv_graph(middle: list[onnx.NodeProto], second_input: str, extra_inits: tuple = (),
+                    extra_out: onnx.NodeProto | None = None) -> onnx.ModelProto:
     rng = np.random.default_rng(SEED)
     inits = [_init("w1", _weights(rng, (4, 4, 1, 1))), _init("w2", _weights(rng, (4, 4, 1, 1))), *extra_inits]
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"), *middle,
@@ -214,8 +219,8 @@ SKIPS = {
                                  helper.make_node("Add", ["e", "one"], ["e1"], name="gelu_add"),
                                  helper.make_node("Mul", ["c1", "e1"], ["m"], name="gelu_mul"),
                                  helper.make_node("Mul", ["m", "half"], ["g"], name="gelu_half")], "g",
-                                extra_inits=[_init("sqrt2", np.array(np.sqrt(2.0))), _init("one", np.array(1.0)),
-                                             _init("half", np.array(0.5))]),
+                                extra_inits=(_init("sqrt2", np.array(np.sqrt(2.0))),
+                                             _init("one", np.array(1.0)), _init("half", np.array(0.5)))),
         "GELU"),
     "sigmoid-silu": (
         lambda: _two_conv_graph([helper.make_node("Sigmoid", ["c1"], ["sg"], name="sigmoid"),
@@ -223,7 +228,7 @@ SKIPS = {
         "Sigmoid"),
     "clip below zero": (
         lambda: _two_conv_graph([helper.make_node("Clip", ["c1", "neg", "hi"], ["k"], name="clip")], "k",
-                                extra_inits=[_init("neg", np.array(-1.0)), _init("hi", np.array(1.0))]),
+                                extra_inits=(_init("neg", np.array(-1.0)), _init("hi", np.array(1.0)))),
         "lower bound not 0"),
 }
 
@@ -257,20 +262,25 @@ def test_weight_shared_outside_the_pair_is_untouched() -> None:
     assert result.model is model
 
 
-def test_pooled_conv_to_gemm_is_a_pair() -> None:
-    """Conv → ReLU6 → GlobalAveragePool → Flatten → Gemm keeps channel c as feature c."""
+@pytest.mark.parametrize("clip_after_pool", [False, True])
+def test_pooled_conv_to_gemm_is_a_pair(clip_after_pool: bool) -> None:
+    """Conv → ReLU6 → GlobalAveragePool → Flatten → Gemm keeps channel c as feature c (ReLU6 also last)."""
     rng = np.random.default_rng(SEED)
     inits = [_init("w1", _weights(rng, (6, 3, 3, 3))), _init("b1", rng.standard_normal(6)),
              _init("wf", _weights(rng, (4, 6))), _init("bf", rng.standard_normal(4)), *_bounds()]
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("Clip", ["c1", "lo", "hi"], ["a1"], name="relu6"),
-             helper.make_node("GlobalAveragePool", ["a1"], ["p"], name="pool"),
-             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
-             helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], name="fc", transB=1)]
+    chain = [("Clip", ["lo", "hi"], {}), ("GlobalAveragePool", [], {}), ("Flatten", [], {})]
+    if clip_after_pool:
+        chain = chain[1:] + chain[:1]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c0"], name="conv", pads=[1, 1, 1, 1])]
+    tensor = "c0"
+    for i, (op, extra, attrs) in enumerate(chain):
+        nodes.append(helper.make_node(op, [tensor, *extra], [f"c{i + 1}"], name=op.lower(), **attrs))
+        tensor = f"c{i + 1}"
+    nodes.append(helper.make_node("Gemm", [tensor, "wf", "bf"], ["y"], name="fc", transB=1))
     model = _model(nodes, inits, [2, 3, 5, 5], [2, 4])
     result = cross_layer_equalization(model)
     assert [p["layers"] for p in result.report["pairs"]] == [["conv", "fc"]]
-    assert result.report["pairs"][0]["activation"] == "Clip → GlobalAveragePool → Flatten"
+    assert result.report["pairs"][0]["activation"] == " → ".join(op for op, _, _ in chain)
     _assert_exact(model, result.model, scale=10.0)
 
 

@@ -43,6 +43,7 @@ __all__ = ["bias_correction"]
 logger = logging.getLogger(__name__)
 
 PASS_NAME = "biascorr"
+_AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
 
 
 @dataclass
@@ -62,7 +63,7 @@ class _Target:
 
 
 def bias_correction(model: onnx.ModelProto, ctx: Any) -> PassResult:
-    """Fold each quantized layer's expected weight-quantization shift into its bias (see the module docstring).
+    """Fold each quantized layer's expected weight-quantization shift into its bias (module docstring).
 
     Args:
         model: an ONNX model; it is not modified.
@@ -81,8 +82,7 @@ def bias_correction(model: onnx.ModelProto, ctx: Any) -> PassResult:
     report: dict[str, Any] = {"precision": precision, "input_mean": _MEAN_NOTE, "samples": 0, "layers": [],
                               "skipped": []}
     if precision == "int4":
-        report["skipped"].append({"node": "*", "reason": "INT4 is block-wise with data-dependent clipping; "
-                                                         "biascorr corrects INT8/FP8 per-channel weights only"})
+        report["skipped"].append({"node": "*", "reason": _INT4_NOTE})
         return PassResult(model, report)
     graph = gs.import_onnx(model)
     targets = _targets(graph, model, ctx, report["skipped"])
@@ -98,13 +98,16 @@ def bias_correction(model: onnx.ModelProto, ctx: Any) -> PassResult:
     return PassResult(graph_to_model(graph, model), report)
 
 
+_INT4_NOTE = ("INT4 is block-wise with data-dependent clipping; "
+              "biascorr corrects INT8/FP8 per-channel weights only")
 _MEAN_NOTE = ("Conv: exact spatially averaged mean input per kernel tap, padding zeros included; "
               "Gemm/MatMul: per-feature mean of the input")
 
 
 # --- which layers ---------------------------------------------------------------------------------
 
-def _targets(graph: gs.Graph, model: onnx.ModelProto, ctx: Any, skipped: list[dict[str, str]]) -> list[_Target]:
+def _targets(graph: gs.Graph, model: onnx.ModelProto, ctx: Any,
+             skipped: list[dict[str, str]]) -> list[_Target]:
     """The quantized Conv/Gemm/MatMul layers whose weight (input 1) trtq quantizes, in graph order."""
     plan = plan_quantization(model, ctx.config.precision, ctx.config.exclude, ctx.config.block_size)
     slots: dict[tuple[str, int], WeightSlot] = {}
@@ -140,7 +143,7 @@ def _target(node: gs.Node, name: str, slots: dict[tuple[str, int], WeightSlot]) 
     values = weight.values if isinstance(weight, gs.Constant) else weight.inputs[0].attrs["value"].values
     if node.op != "Conv" and values.ndim != 2:
         return f"{node.op} weight of rank {values.ndim}, not 2"
-    if node.op == "Conv" and node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+    if node.op == "Conv" and node.attrs.get("auto_pad", "NOTSET") not in _AUTO_PADS:
         return f"Conv auto_pad {node.attrs['auto_pad']!r}"
     return _Target(node, name, np.asarray(values), None if slot.axis == -1 else slot.axis)
 
@@ -166,8 +169,10 @@ def _collect_input_stats(model: onnx.ModelProto, targets: list[_Target], ctx: An
         values.update({k: v for k, v in batch.items() if k in inputs})
         for name, layout in readers:
             x = np.asarray(values[name])
+            if layout == "transposed":
+                x = x.T
             if layout != "map":
-                x = (x.T if layout == "transposed" else x).reshape(-1, x.shape[0 if layout == "transposed" else -1])
+                x = x.reshape(-1, x.shape[-1])
             _accumulate(acc[(name, layout)], x)
         samples += len(next(iter(batch.values())))
     for target in targets:
@@ -181,7 +186,7 @@ def _collect_input_stats(model: onnx.ModelProto, targets: list[_Target], ctx: An
 
 
 def _layout(target: _Target) -> str:
-    """How the layer reads its input: "map" (Conv, channels on axis 1), "rows" (features last) or "transposed"."""
+    """How the layer reads its input: "map" (Conv), "rows" (features last) or "transposed" (Gemm transA)."""
     if target.node.op == "Conv":
         return "map"
     return "transposed" if target.node.op == "Gemm" and target.node.attrs.get("transA", 0) else "rows"
@@ -300,57 +305,63 @@ def _fold(graph: gs.Graph, target: _Target, shift: np.ndarray, shared: set[int])
     }
 
 
-def _conv_gemm_bias(graph: gs.Graph, node: gs.Node, shift: np.ndarray, shared: set[int]) -> tuple[np.ndarray, str]:
+def _conv_gemm_bias(graph: gs.Graph, node: gs.Node, shift: np.ndarray,
+                    shared: set[int]) -> tuple[np.ndarray, str]:
     """Conv: ``b' = b − shift``; Gemm: ``C' = C − shift/β``. Returns the new bias and what was done."""
     beta = float(node.attrs.get("beta", 1.0)) if node.op == "Gemm" else 1.0
     current = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
-    if current is None or beta == 0.0:
-        values = -shift
+    if current is None or beta == 0.0:  # β = 0: the old C never counted
         if node.op == "Gemm":
             node.attrs["beta"] = 1.0
-        how = "created"
-    else:
-        old = np.asarray(current.values, np.float64)
-        old = old.reshape(1) if old.ndim == 0 else old
-        values = np.broadcast_to(old, old.shape[:-1] + (shift.size,)) - shift / beta
-        how = "copied from a shared constant" if id(current) in shared else "updated" "copied from a shared constant"
-    dtype = node.inputs[1].dtype or np.float32
-    if how == "updated":
-        current.values = np.ascontiguousarray(values).astype(dtype)
-    else:
-        const = gs.Constant(_unique(graph, f"{_stem(node)}.bias_corrected"), np.ascontiguousarray(values).astype(dtype))
+        const = _new_constant(graph, f"{_stem(node)}.bias_corrected", -shift, node.inputs[1].dtype)
         while len(node.inputs) < 3:
             node.inputs.append(gs.Variable.empty())
         node.inputs[2] = const
-    return values, how
+        return -shift, "created"
+    values = _broadcast_last(current.values, shift.size) - shift / beta
+    return values, _replace(graph, current, node, values, shared)
 
 
-def _matmul_bias(graph: gs.Graph, node: gs.Node, shift: np.ndarray, shared: set[int]) -> tuple[np.ndarray, str]:
+def _matmul_bias(graph: gs.Graph, node: gs.Node, shift: np.ndarray,
+                 shared: set[int]) -> tuple[np.ndarray, str]:
     """Fold ``−shift`` into the constant of the Add after the MatMul, or into a new Add."""
     out = node.outputs[0]
-    add = out.outputs[0] if len(out.outputs) == 1 and out not in graph.outputs else None
-    const = None
+    add = out.outputs[0] if len(out.outputs) == 1 and all(t is not out for t in graph.outputs) else None
     if add is not None and add.op == "Add" and len(add.inputs) == 2:
         other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
-        if isinstance(other, gs.Constant) and other.values.ndim >= 1 and other.values.shape[-1] in (1, shift.size):
-            const = other
-    if const is not None:
-        old = np.asarray(const.values, np.float64)
-        values = np.broadcast_to(old, old.shape[:-1] + (shift.size,)) - shift
-        if id(const) not in shared:
-            const.values = np.ascontiguousarray(values).astype(const.values.dtype)
-            return values, "updated"
-        copy = gs.Constant(_unique(graph, f"{const.name}.bias_corrected"), np.ascontiguousarray(values).astype(const.values.dtype))
-        add.inputs[add.inputs.index(const)] = copy
-        return values, "copied from a shared constant"
-    dtype = node.inputs[1].dtype or np.float32
-    bias = gs.Constant(_unique(graph, f"{_stem(node)}.bias_corrected"), (-shift).astype(dtype))
+        fits = isinstance(other, gs.Constant) and other.values.ndim >= 1
+        if fits and other.values.shape[-1] in (1, shift.size):
+            values = _broadcast_last(other.values, shift.size) - shift
+            return values, _replace(graph, other, add, values, shared)
+    bias = _new_constant(graph, f"{_stem(node)}.bias_corrected", -shift, node.inputs[1].dtype)
     mm_out = gs.Variable(_unique(graph, f"{out.name}.unbiased"), dtype=out.dtype, shape=out.shape)
     node.outputs.clear()
     node.outputs.append(mm_out)
     add_name = f"{node.name}_bias_correction" if node.name else None
     graph.nodes.append(gs.Node("Add", add_name, inputs=[mm_out, bias], outputs=[out]))
     return -shift, "created"
+
+
+def _broadcast_last(values: np.ndarray, n: int) -> np.ndarray:
+    """`values` in float64 with its last axis broadcast to `n` (a scalar becomes ``[n]``)."""
+    old = np.asarray(values, np.float64)
+    old = old.reshape(1) if old.ndim == 0 else old
+    return np.broadcast_to(old, old.shape[:-1] + (n,))
+
+
+def _replace(graph: gs.Graph, const: gs.Constant, reader: gs.Node, values: np.ndarray,
+             shared: set[int]) -> str:
+    """Give `const` the new `values`, or, when other nodes read it too, give `reader` a corrected copy."""
+    if id(const) not in shared:
+        const.values = np.ascontiguousarray(values).astype(const.values.dtype)
+        return "updated"
+    copy = _new_constant(graph, f"{const.name}.bias_corrected", values, const.values.dtype)
+    reader.inputs[[i for i, t in enumerate(reader.inputs) if t is const][0]] = copy
+    return "copied from a shared constant"
+
+
+def _new_constant(graph: gs.Graph, stem: str, values: np.ndarray, dtype: Any) -> gs.Constant:
+    return gs.Constant(_unique(graph, stem), np.ascontiguousarray(values).astype(dtype or np.float32))
 
 
 def _stem(node: gs.Node) -> str:

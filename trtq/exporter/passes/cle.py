@@ -1,4 +1,4 @@
-"""Cross-layer equalization (DFQ): rescale the channels between two linear layers so their weight ranges match.
+"""Cross-layer equalization (DFQ): rescale the channels between two linear layers to match their ranges.
 
 Two layers joined by an activation ``f`` that commutes with positive per-channel scaling
 (identity, ReLU, LeakyReLU, PReLU: ``f(z/s) = f(z)/s`` for ``s > 0``) compute the same function after
@@ -7,8 +7,8 @@ Two layers joined by an activation ``f`` that commutes with positive per-channel
     W2' = W2·diag(s)        (input channel c of layer 2 multiplied by s_c)
 
 since ``W2·diag(s)·f(diag(s)⁻¹(W1·x + b1)) = W2·f(W1·x + b1)``. With ``r1_c = max|W1[c, …]|`` and
-``r2_c = max|W2[:, c, …]|``, DFQ (Nagel et al. 2019, eq. 8) picks ``s_c = sqrt(r1_c / r2_c)``, which makes both
-ranges ``sqrt(r1_c·r2_c)``.
+``r2_c = max|W2[:, c, …]|``, DFQ (Nagel et al. 2019, eq. 8) picks ``s_c = sqrt(r1_c / r2_c)``, which makes
+both ranges ``sqrt(r1_c·r2_c)``.
 
 - ReLU6 = Clip(0, M) does not commute (its bound would become M/s_c per channel), but
   ``clip(z, 0, M) = s·min(relu(z/s), M/s)``: with ``relu6="rescale"`` (the default) the Clip becomes
@@ -57,10 +57,12 @@ _POOLS = ("GlobalAveragePool", "ReduceMean")  # global: channel c of the map bec
 _LOCAL_POOLS = ("MaxPool", "AveragePool")  # per channel: max(x/s) = max(x)/s, mean(x/s) = mean(x)/s
 _FLATTEN = ("Flatten", "Reshape")
 _SHAPE_READERS = ("Shape", "Size")
-_ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Erf", "Tanh", "Sigmoid", "Pow", "Sqrt", "Gelu", "HardSwish",
-                          "HardSigmoid", "Elu", "Selu", "Softplus", "Clip", "Relu", "LeakyRelu", "PRelu", "Max", "Min"})
+_ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Erf", "Tanh", "Sigmoid", "Pow", "Sqrt", "Gelu",
+                          "HardSwish", "HardSigmoid", "Elu", "Selu", "Softplus", "Clip", "Relu", "LeakyRelu",
+                          "PRelu", "Max", "Min"})
+_SATURATING = ("Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Softplus", "Elu", "Selu")
 _TINY = 1e-30
-RELU6_MODES = ("rescale", "skip")
+_RELU6_MODES = ("rescale", "skip")
 
 
 @dataclass
@@ -124,8 +126,8 @@ def cross_layer_equalization(model: onnx.ModelProto, ctx: Any = None, *, relu6: 
         TrtqError: `relu6` is not one of "rescale", "skip".
     """
     del ctx
-    if relu6 not in RELU6_MODES:
-        raise TrtqError(f"relu6={relu6!r} is not a CLE mode.", f"use one of {', '.join(RELU6_MODES)}.")
+    if relu6 not in _RELU6_MODES:
+        raise TrtqError(f"relu6={relu6!r} is not a CLE mode.", f"use one of {', '.join(_RELU6_MODES)}.")
     graph = gs.import_onnx(model)
     pairs, skipped = _find_pairs(graph, relu6)
     report: dict[str, Any] = {"relu6": _relu6_note(relu6), "sweeps": 0, "converged": True, "last_step": 0.0,
@@ -142,7 +144,8 @@ def cross_layer_equalization(model: onnx.ModelProto, ctx: Any = None, *, relu6: 
         report["pairs"].append(_pair_report(pair, imbalance, _imbalance(pair, weights)))
     _write(graph, pairs, weights)
     graph.cleanup().toposort()
-    logger.info("cle: equalized %d pair(s) in %d sweep(s), skipped %d", len(pairs), report["sweeps"], len(skipped))
+    logger.info("cle: equalized %d pair(s) in %d sweep(s), skipped %d",
+                len(pairs), report["sweeps"], len(skipped))
     return PassResult(graph_to_model(graph, model), report)
 
 
@@ -205,8 +208,10 @@ def _attach_matmul_bias(layer: _Layer, outputs: set[int]) -> None:
     add = out.outputs[0]
     other = [t for t in add.inputs if t is not out]
     n = layer.weight.values.shape[1]
-    if len(other) == 1 and isinstance(other[0], gs.Constant) and np.issubdtype(other[0].values.dtype, np.floating) \
-            and other[0].values.ndim >= 1 and other[0].values.shape[-1] in (1, n):
+    if len(other) != 1 or not isinstance(other[0], gs.Constant):
+        return
+    values = other[0].values
+    if np.issubdtype(values.dtype, np.floating) and values.ndim >= 1 and values.shape[-1] in (1, n):
         layer.bias, layer.bias_node, layer.output = other[0], add, add.outputs[0]
 
 
@@ -215,11 +220,13 @@ def _sole_consumer(tensor: gs.Tensor, outputs: set[int]) -> gs.Node | str:
     if id(tensor) in outputs:
         return f"{tensor.name!r} is a graph output"
     if len(tensor.outputs) != 1:
-        return f"{tensor.name!r} feeds {len(tensor.outputs)} nodes ({', '.join(n.op for n in tensor.outputs)})"
+        readers = ", ".join(n.op for n in tensor.outputs)
+        return f"{tensor.name!r} feeds {len(tensor.outputs)} nodes ({readers})"
     return tensor.outputs[0]
 
 
-def _follow(first: _Layer, names: dict[int, str], outputs: set[int], relu6: str) -> _Pair | dict[str, Any] | None:
+def _follow(first: _Layer, names: dict[int, str], outputs: set[int],
+            relu6: str) -> _Pair | dict[str, Any] | None:
     """The pair that starts at `first`, a skip record, or None when no linear layer follows closely."""
     between: list[gs.Node] = []
     bound: float | None = None
@@ -244,6 +251,7 @@ def _follow(first: _Layer, names: dict[int, str], outputs: set[int], relu6: str)
 
 def _make_pair(first: _Layer, second: _Layer | str, consumer: gs.Node, tensor: gs.Tensor,
                between: list[gs.Node], bound: float | None, names: dict[int, str]) -> _Pair | dict[str, Any]:
+    """The pair `first` → `between` → `second`, or a skip record when their channels do not line up."""
     label = [first.name, names[id(consumer)]]
     if isinstance(second, str):
         return {"layers": label, "reason": second}
@@ -253,7 +261,7 @@ def _make_pair(first: _Layer, second: _Layer | str, consumer: gs.Node, tensor: g
         return {"layers": label, "reason": f"{second.name} is a Gemm with transA=1"}
     pooled = any(n.op in _POOLS for n in between)
     if first.node.op == "Conv" and pooled != (consumer.op != "Conv"):
-        return {"layers": label, "reason": "Conv → Gemm/MatMul without a global pool, or a pool before a Conv"}
+        return {"layers": label, "reason": "Conv → Gemm/MatMul without a global pool, or a pool then a Conv"}
     if first.node.op != "Conv" and consumer.op == "Conv":
         return {"layers": label, "reason": "a Gemm/MatMul output feeds a Conv"}
     n_out, n_in = _out_channels(first), _in_channels(second)
@@ -265,7 +273,7 @@ def _make_pair(first: _Layer, second: _Layer | str, consumer: gs.Node, tensor: g
 
 
 def _passthrough_reason(node: gs.Node, between: list[gs.Node], relu6: str) -> str | None:
-    """Why `node` cannot sit between two equalized layers (None: it commutes with positive channel scaling)."""
+    """Why `node` cannot sit between two equalized layers (None: it commutes with channel scaling)."""
     ops = [n.op for n in between]
     pooled = any(op in _POOLS for op in ops)
     if node.op in (*_HOMOGENEOUS, "Clip") and not any(op in (*_HOMOGENEOUS, "Clip") for op in ops):
@@ -276,14 +284,17 @@ def _passthrough_reason(node: gs.Node, between: list[gs.Node], relu6: str) -> st
         return _pool_reason(node)
     if node.op in _FLATTEN and ops and ops[-1] in _POOLS:
         return _flatten_reason(node)
+    if node.op == "Add" and any(isinstance(t, gs.Constant) for t in node.inputs):
+        return "an Add of a constant between them (only a MatMul's bias Add is folded)"
     if node.op == "Add":
         return "an Add of another branch (a residual) joins between them"
     if node.op in ("Erf", "Gelu"):
         return "GELU between them does not commute with channel scaling"
-    return f"{node.op} between them is not a supported activation (Relu, LeakyRelu, PRelu, Clip(0, M)) or pool"
+    return f"{node.op} between them is not Relu, LeakyRelu, PRelu, Clip(0, M) or a pool"
 
 
 def _clip_reason(node: gs.Node, relu6: str) -> str | None:
+    """Why a Clip does not commute with channel scaling (None: Clip(0, M) or Clip(0, ∞) in rescale mode)."""
     low, high = _clip_bounds(node)
     if (low is not None and np.isnan(low)) or (high is not None and np.isnan(high)):
         return "Clip bounds that are not constants"
@@ -311,6 +322,7 @@ def _clip_bounds(node: gs.Node) -> tuple[float | None, float | None]:
 
 
 def _pool_reason(node: gs.Node) -> str | None:
+    """None for a global pool (GlobalAveragePool, ReduceMean over every spatial axis), else why not."""
     if node.op == "GlobalAveragePool":
         return None
     rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else None
@@ -323,6 +335,7 @@ def _pool_reason(node: gs.Node) -> str | None:
 
 
 def _flatten_reason(node: gs.Node) -> str | None:
+    """None for a Flatten(axis=1) or a Reshape to ``[N, C]`` of a pooled ``[N, C, 1, …]`` map, else why not."""
     if node.op == "Flatten":
         return None if node.attrs.get("axis", 1) == 1 else "a Flatten with axis != 1"
     shape = node.inputs[1]
@@ -331,11 +344,12 @@ def _flatten_reason(node: gs.Node) -> str | None:
     return "a Reshape that is not to [N, C]"
 
 
-def _skip_if_layer_near(first: _Layer, tensor: gs.Tensor, reason: str, names: dict[int, str]) -> dict[str, Any] | None:
+def _skip_if_layer_near(first: _Layer, tensor: gs.Tensor, reason: str,
+                        names: dict[int, str]) -> dict[str, Any] | None:
     """A skip record when a linear layer with a constant weight follows within a few elementwise ops.
 
-    The reason names the non-commuting activation of the region when there is one (GELU's Div-Erf-Add-Mul-Mul
-    reads its input twice, so "feeds 2 nodes" would hide what is really in the way).
+    The reason names the non-commuting activation of the region when there is one (GELU's
+    Div-Erf-Add-Mul-Mul reads its input twice, so "feeds 2 nodes" would hide what is in the way).
     """
     frontier, seen, ops, found = [tensor], set(), [], None
     for _ in range(6):
@@ -356,9 +370,10 @@ def _skip_if_layer_near(first: _Layer, tensor: gs.Tensor, reason: str, names: di
 
 
 def _region_reason(ops: list[str], reason: str) -> str:
+    """Name the activation that blocks the pair (GELU, Sigmoid/SiLU, ...) when the region holds one."""
     if "Erf" in ops or "Gelu" in ops:
         return f"GELU ({', '.join(ops)}) between them does not commute with channel scaling"
-    blocking = [op for op in ops if op in ("Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Softplus", "Elu", "Selu")]
+    blocking = [op for op in ops if op in _SATURATING]
     if blocking:
         return f"{blocking[0]} ({', '.join(ops)}) between them does not commute with channel scaling"
     return reason
@@ -414,12 +429,14 @@ def _conv_in_index(w: np.ndarray, group: int) -> np.ndarray:
 
 
 def _out_ranges(layer: _Layer, w: np.ndarray) -> np.ndarray:
+    """``r_c = max|W[c, …]|`` per output channel."""
     if layer.node.op == "Conv":
         return np.abs(w).reshape(w.shape[0], -1).max(axis=1)
     return np.abs(w).max(axis=1 if _gemm_trans_b(layer) else 0)
 
 
 def _in_ranges(layer: _Layer, w: np.ndarray) -> np.ndarray:
+    """``r_c = max|W[:, c, …]|`` per input channel (grouped convs: over the filters that read c)."""
     if layer.node.op == "Conv":
         per_column = np.abs(w).reshape(w.shape[0], w.shape[1], -1).max(axis=2)
         ranges = np.zeros(_in_channels(layer))
@@ -458,8 +475,9 @@ def _imbalance(pair: _Pair, weights: dict[int, np.ndarray]) -> float:
     return float(2.0 * np.abs(np.log(_pair_scale(pair, weights))).max())
 
 
-def _equalize(pairs: list[_Pair], weights: dict[int, np.ndarray], max_sweeps: int, tol: float) -> tuple[int, float]:
-    """Sweep the pairs until no scale moves by more than `tol` (in log), updating `weights` and each pair's scale."""
+def _equalize(pairs: list[_Pair], weights: dict[int, np.ndarray], max_sweeps: int,
+              tol: float) -> tuple[int, float]:
+    """Sweep the pairs until no scale moves by more than `tol` (in log); update `weights` and the scales."""
     step = 0.0
     for sweep in range(1, max_sweeps + 1):
         step = 0.0
@@ -488,7 +506,7 @@ def _write(graph: gs.Graph, pairs: list[_Pair], weights: dict[int, np.ndarray]) 
 
 
 def _scale_bias(layer: _Layer, s: np.ndarray) -> None:
-    """Multiply channel c of the layer's bias by ``s_c`` (a bias broadcast along the channel is expanded)."""
+    """Multiply channel c of the layer's bias by ``s_c`` (a bias broadcast over channels is expanded)."""
     bias = layer.bias
     values = np.asarray(bias.values, np.float64)
     if layer.node.op == "Conv":
@@ -502,9 +520,11 @@ def _scale_bias(layer: _Layer, s: np.ndarray) -> None:
 
 def _rescale_clip(graph: gs.Graph, pair: _Pair) -> None:
     """Clip(0, M) → Relu + Min(x, M/s): ``clip(z, 0, M) = s·min(relu(z/s), M/s)``."""
-    clip = next(n for n in pair.nodes if n.op == "Clip")
+    index = next(i for i, n in enumerate(pair.nodes) if n.op == "Clip")
+    clip = pair.nodes[index]
     dtype = pair.first.weight.values.dtype
-    shape = (-1,) + (1,) * (pair.first.weight.values.ndim - 2) if pair.first.node.op == "Conv" else (-1,)
+    flat = pair.first.node.op != "Conv" or any(n.op in _FLATTEN for n in pair.nodes[:index])
+    shape = (-1,) if flat else (-1,) + (1,) * (pair.first.weight.values.ndim - 2)
     bound = gs.Constant(_unique(graph, f"{clip.outputs[0].name}.cle_bound"),
                         (pair.bound / pair.scale).reshape(shape).astype(dtype))
     out = clip.outputs[0]
@@ -528,12 +548,14 @@ def _unique(graph: gs.Graph, stem: str) -> str:
 
 
 def _pair_report(pair: _Pair, before: float, after: float) -> dict[str, Any]:
+    """The report entry of one equalized pair (its scales in full)."""
     s = pair.scale
     return {
         "layers": pair.label,
         "activation": pair.activation,
         "relu6_rescaled": pair.bound is not None,
-        "scales": {"min": float(s.min()), "max": float(s.max()), "mean": float(s.mean()), "values": s.tolist()},
+        "scales": {"min": float(s.min()), "max": float(s.max()), "mean": float(s.mean()),
+                   "values": s.tolist()},
         "imbalance_before": before,
         "imbalance_after": after,
     }

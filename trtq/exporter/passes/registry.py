@@ -33,6 +33,8 @@ PASS_ORDER = tuple(PASSES)
 # Per (model family, precision), the passes that helped on the bench (README "Graph passes" has the
 # figures); a pair not listed runs none.
 DEFAULT_PASSES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("cnn", "int8"): ("biascorr",),
+    ("cnn", "fp8"): ("biascorr",),
     ("transformer", "int8"): ("rotate_online",),
 }
 
