@@ -97,3 +97,18 @@ def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
     from trtq._ort import make_session
 
     return make_session(model).run(None, feeds)[0]
+
+
+def init(name: str, value: np.ndarray) -> onnx.TensorProto:
+    """A float32 initializer."""
+    return _init(name, value)
+
+
+def single_io_model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], x_shape: list, y_shape: list,
+                    opset: int) -> onnx.ModelProto:
+    """A checked model with float input `x` and float output `y`."""
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(model, full_check=True)
+    return model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import graphs
 import numpy as np
 import onnx
 import pytest
@@ -21,17 +22,12 @@ OPSET = 19
 SEED = 0
 
 
-def _init(name: str, value: np.ndarray) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.asarray(value, np.float32), name)
+_init = graphs.init
 
 
 def _model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], x_shape: list,
            y_shape: list) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return graphs.single_io_model(nodes, inits, x_shape, y_shape, OPSET)
 
 
 def conv(bias: bool = True, group: int = 1, **attrs) -> onnx.ModelProto:
