@@ -8,7 +8,7 @@ from typing import Any
 import onnx
 import onnx_graphsurgeon as gs
 
-__all__ = ["PassResult", "graph_to_model"]
+__all__ = ["PassResult", "graph_to_model", "unique_name"]
 
 
 @dataclass
@@ -51,3 +51,12 @@ def graph_to_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProt
         if props is not None and not node.metadata_props:
             node.metadata_props.extend(props)
     return model
+
+
+def unique_name(graph: gs.Graph, stem: str) -> str:
+    """`stem`, or `stem_1`, `stem_2`, ...: the first name no tensor of `graph` has."""
+    taken = graph.tensors()
+    name, index = stem, 1
+    while name in taken:
+        name, index = f"{stem}_{index}", index + 1
+    return name

@@ -34,7 +34,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from trtq.calibrators.stats import SENTINEL
-from trtq.exporter.passes.base import PassResult, graph_to_model
+from trtq.exporter.passes.base import PassResult, graph_to_model, unique_name
 from trtq.exporter.placement import WeightSlot, plan_quantization
 from trtq.exporter.weights import quantize_per_channel
 
@@ -334,7 +334,7 @@ def _matmul_bias(graph: gs.Graph, node: gs.Node, shift: np.ndarray,
             values = _broadcast_last(other.values, shift.size) - shift
             return values, _replace(graph, other, add, values, shared)
     bias = _new_constant(graph, f"{_stem(node)}.bias_corrected", -shift, node.inputs[1].dtype)
-    mm_out = gs.Variable(_unique(graph, f"{out.name}.unbiased"), dtype=out.dtype, shape=out.shape)
+    mm_out = gs.Variable(unique_name(graph, f"{out.name}.unbiased"), dtype=out.dtype, shape=out.shape)
     node.outputs.clear()
     node.outputs.append(mm_out)
     add_name = f"{node.name}_bias_correction" if node.name else None
@@ -361,7 +361,7 @@ def _replace(graph: gs.Graph, const: gs.Constant, reader: gs.Node, values: np.nd
 
 
 def _new_constant(graph: gs.Graph, stem: str, values: np.ndarray, dtype: Any) -> gs.Constant:
-    return gs.Constant(_unique(graph, stem), np.ascontiguousarray(values).astype(dtype or np.float32))
+    return gs.Constant(unique_name(graph, stem), np.ascontiguousarray(values).astype(dtype or np.float32))
 
 
 def _stem(node: gs.Node) -> str:
@@ -369,9 +369,3 @@ def _stem(node: gs.Node) -> str:
     return weight[: -len(".weight")] if weight.endswith(".weight") else weight
 
 
-def _unique(graph: gs.Graph, stem: str) -> str:
-    taken = graph.tensors()
-    name, index = stem, 1
-    while name in taken:
-        name, index = f"{stem}_{index}", index + 1
-    return name

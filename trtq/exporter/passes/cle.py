@@ -45,7 +45,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from trtq.errors import TrtqError
-from trtq.exporter.passes.base import PassResult, graph_to_model
+from trtq.exporter.passes.base import PassResult, graph_to_model, unique_name
 
 __all__ = ["cross_layer_equalization"]
 
@@ -525,10 +525,10 @@ def _rescale_clip(graph: gs.Graph, pair: _Pair) -> None:
     dtype = pair.first.weight.values.dtype
     flat = pair.first.node.op != "Conv" or any(n.op in _FLATTEN for n in pair.nodes[:index])
     shape = (-1,) if flat else (-1,) + (1,) * (pair.first.weight.values.ndim - 2)
-    bound = gs.Constant(_unique(graph, f"{clip.outputs[0].name}.cle_bound"),
+    bound = gs.Constant(unique_name(graph, f"{clip.outputs[0].name}.cle_bound"),
                         (pair.bound / pair.scale).reshape(shape).astype(dtype))
     out = clip.outputs[0]
-    relu_out = gs.Variable(_unique(graph, f"{out.name}.cle_relu"), dtype=out.dtype, shape=out.shape)
+    relu_out = gs.Variable(unique_name(graph, f"{out.name}.cle_relu"), dtype=out.dtype, shape=out.shape)
     clip.op = "Relu"
     clip.attrs.clear()
     while len(clip.inputs) > 1:
@@ -537,14 +537,6 @@ def _rescale_clip(graph: gs.Graph, pair: _Pair) -> None:
     clip.outputs.append(relu_out)
     name = f"{clip.name}_cle_min" if clip.name else None
     graph.nodes.append(gs.Node("Min", name, inputs=[relu_out, bound], outputs=[out]))
-
-
-def _unique(graph: gs.Graph, stem: str) -> str:
-    taken = graph.tensors()
-    name, index = stem, 1
-    while name in taken:
-        name, index = f"{stem}_{index}", index + 1
-    return name
 
 
 def _pair_report(pair: _Pair, before: float, after: float) -> dict[str, Any]:
