@@ -248,7 +248,9 @@ class Results:
         return next((r for r in self.rows if all(r.get(k) == v for k, v in key.items())), None)
 
     def add(self, row: dict) -> None:
-        self.rows = [r for r in self.rows if not all(r.get(k) == row[k] for k in ("part", "model", "key"))] + [row]
+        """Append `row`, replacing the row of the same part, model, candidates, calibration method and key."""
+        same = ("part", "model", "candidates", "calib_method", "key")
+        self.rows = [r for r in self.rows if any(r.get(k) != row.get(k) for k in same)] + [row]
         self.path.write_text(json.dumps(self.rows, indent=1))
 
 
