@@ -37,6 +37,16 @@ def test_int4_needs_no_calibration_data(attention_model, tmp_path):
                  "--block-size", "32", "--quiet"]) == 0
 
 
+def test_quantize_selects_calibration_samples(conv_model, conv_calib, tmp_path, capsys):
+    out = tmp_path / "q.onnx"
+    assert main(["quantize", str(conv_model), "-o", str(out), "--calib-data", str(conv_calib), "--quiet",
+                 "--select", "8", "--select-method", "noise-filtered-diverse", "--seed", "2"]) == 0
+    assert "selected 8 of 32 candidates (noise-filtered-diverse, feature " in capsys.readouterr().out
+    sidecar = json.loads((tmp_path / "q.trtq.json").read_text())
+    assert sidecar["summary"]["calibration_samples"] == 8 and len(sidecar["selection"]["indices"]) == 8
+    assert sidecar["selection"]["config"]["seed"] == 2
+
+
 def _npz(tmp_path: Path, name: str, **arrays: np.ndarray) -> Path:
     path = tmp_path / name
     np.savez(path, **arrays)
@@ -63,6 +73,9 @@ def _not_onnx(tmp_path: Path) -> Path:
         ("bad-method", "unknown calibration method"),
         ("fp8-on-orin", "cannot run on target 'orin'"),
         ("nothing-to-quantize", "no quantizable op"),
+        ("select-too-many", "cannot select 100 samples from 32 candidates"),
+        ("select-method-alone", "--select-method needs --select N"),
+        ("select-bad-feature", "is not a tensor of the model"),
     ],
 )
 def test_user_errors_exit_2_without_output(conv_model, conv_calib, tmp_path, capsys, case, message):
@@ -88,6 +101,12 @@ def test_user_errors_exit_2_without_output(conv_model, conv_calib, tmp_path, cap
         extra = ["--precision", "fp8", "--target", "orin"]
     elif case == "nothing-to-quantize":
         extra = ["--exclude", "."]
+    elif case == "select-too-many":
+        extra = ["--select", "100"]
+    elif case == "select-method-alone":
+        extra = ["--select-method", "density-diversity"]
+    elif case == "select-bad-feature":
+        extra = ["--select", "4", "--select-method", "density-diversity", "--select-feature", "nope"]
     args = ["quantize", model, "-o", str(out), "--quiet", *extra]
     if case != "no-calib":
         args += ["--calib-data", calib]

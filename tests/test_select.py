@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tracemalloc
 
@@ -239,3 +240,31 @@ def test_a_closed_selection_cannot_stream(clusters):
     sel.close()
     with pytest.raises(TrtqError, match="no candidates to stream"):
         sel.source()
+
+
+@pytest.mark.parametrize("method", ["density-diversity", "noise-filtered-diverse"])
+def test_quantize_selects_from_its_calibration_data(clusters, tmp_path, method):
+    """`QuantConfig.select` calibrates on exactly the chosen rows, and the sidecar says which and why."""
+    model, data, _ = clusters
+    config = trtq.QuantConfig(select=SelectConfig(n=12, method=method, seed=3), passes=())
+    result = trtq.quantize(model, data, tmp_path / "q.onnx", config=config, progress=False)
+    sidecar = json.loads(result.report_path.read_text())
+    chosen = sidecar["selection"]["indices"]
+    assert len(chosen) == 12 and sidecar["summary"]["calibration_samples"] == 12
+    assert sidecar["config"]["select"]["method"] == method
+    assert sidecar["calibration_data"]["candidates"] == len(data["x"])
+    subset = trtq.quantize(model, {"x": data["x"][chosen]}, None, config=dataclasses.replace(config, select=None),
+                           progress=False)
+    assert subset.model.SerializeToString() == result.model.SerializeToString()
+    again = trtq.quantize(model, data, tmp_path / "again.onnx", config=config, progress=False)
+    assert again.report_path.read_bytes() == result.report_path.read_bytes()
+    assert (tmp_path / "again.onnx").read_bytes() == (tmp_path / "q.onnx").read_bytes()
+    assert trtq.QuantConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_quantize_with_selection_needs_candidates(clusters, tmp_path):
+    model, _, _ = clusters
+    config = trtq.QuantConfig(precision="int4", block_size=8, select=SelectConfig(n=4))
+    with pytest.raises(TrtqError, match="sample selection needs candidates"):
+        trtq.quantize(model, None, tmp_path / "q.onnx", config=config, progress=False)
+    assert not (tmp_path / "q.onnx").exists()

@@ -15,10 +15,12 @@ from trtq.config import (
     CALIB_METHODS,
     FALLBACK_DTYPES,
     PRECISIONS,
+    SELECT_METHODS,
     TARGETS,
     TRT_VERSIONS,
     CalibConfig,
     QuantConfig,
+    SelectConfig,
     Target,
 )
 from trtq.errors import TrtqError
@@ -52,6 +54,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     _add_target_args(p)
     _add_image_args(p)
     _add_degrade_args(p, calibration=True)
+    _add_select_args(p)
     p.add_argument("--fallback-budget", type=int, metavar="N",
                    help="keep the N layers whose quantization hurts the output most in floating point "
                    "(0: only report each layer's sensitivity)")
@@ -66,6 +69,28 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-check", action="store_true", help="write the output even if `trtq check` finds errors")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_quantize)
+
+
+def _add_select_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sample selection", "calibrate on N samples picked from --calib-data (the candidates)")
+    g.add_argument("--select", type=int, metavar="N", help="keep N of the candidates")
+    g.add_argument("--select-method", choices=SELECT_METHODS,
+                   help=f"how they are picked (default {SelectConfig.method}): density-diversity scores each by "
+                   "local density and distance to those already chosen; noise-filtered-diverse drops outliers "
+                   "(IQR fences on deep statistics) and takes samples evenly from k-means clusters")
+    g.add_argument("--select-feature", metavar="TENSOR",
+                   help="FP32 tensor that describes a sample (default: the input of the last weighted op)")
+
+
+def _select_config(args: argparse.Namespace) -> SelectConfig | None:
+    if args.select is None:
+        extra = next((f for f in ("select_method", "select_feature") if getattr(args, f) is not None), None)
+        if extra:
+            flag = "--" + extra.replace("_", "-")
+            raise TrtqError(f"{flag} needs --select N.", f"add --select N (how many samples to keep), or drop {flag}.")
+        return None
+    return SelectConfig(n=args.select, method=args.select_method or SelectConfig.method,
+                        feature=args.select_feature, seed=args.seed)
 
 
 def _add_target_args(p: argparse.ArgumentParser) -> None:
@@ -171,6 +196,8 @@ def _data_source(path: str | None, args: argparse.Namespace, seed: int, *, mix: 
 
 
 def _print_data_report(report: dict[str, Any] | None) -> None:
+    if report and report.get("source") == "selection":
+        report = report.get("candidates_source")
     if not report or report.get("source") != "image_folder":
         return
     line = f"calibration images: {report['read']} read"
@@ -182,6 +209,17 @@ def _print_data_report(report: dict[str, Any] | None) -> None:
     if degraded:
         counts = ", ".join(f"{k} {v['count']}" for k, v in degraded["pool"].items())
         line += f"; {degraded['degraded']} degraded ({counts}), {degraded['clean']} clean"
+    print(line)
+
+
+def _print_selection(report: dict[str, Any] | None) -> None:
+    if not report:
+        return
+    feature = report["feature"]
+    line = f"selected {report['selected']} of {report['candidates']} candidates ({report['config']['method']}"
+    line += f", feature {feature['tensor']})" if feature else ")"
+    if report["filtered"]:
+        line += f"; {len(report['filtered'])} dropped as outliers"
     print(line)
 
 
@@ -218,12 +256,14 @@ def _run_quantize(args: argparse.Namespace) -> int:
         target_sqnr=args.target_sqnr,
         fallback_samples=args.fallback_samples,
         fallback_dtype=args.fallback_dtype,
+        select=_select_config(args),
     )
     if config.precision != "int4" and not args.calib_data:
         raise TrtqError(f"{config.precision.upper()} needs calibration data.", "pass --calib-data CALIB.npz.")
     calib = _data_source(args.calib_data, args, args.seed, mix=True)
     result = quantize(args.model, calib, args.output, config=config, progress=not args.quiet)
     _print_data_report(result.report.get("calibration_data"))
+    _print_selection(result.report.get("selection"))
     s = result.report["summary"]
     print(f"wrote {result.path} ({s['precision']}: {s['quantized_nodes']} ops quantized, "
           f"{s['activation_qdq']} activation Q/DQ, {s['weights_quantized']} weights, "

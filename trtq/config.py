@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -14,10 +15,12 @@ __all__ = [
     "DEFAULT_CALIB_METHOD",
     "FALLBACK_DTYPES",
     "PRECISIONS",
+    "SELECT_METHODS",
     "TARGETS",
     "TRT_VERSIONS",
     "CalibConfig",
     "QuantConfig",
+    "SelectConfig",
     "Target",
     "TargetSpec",
 ]
@@ -29,6 +32,8 @@ DEFAULT_CALIB_METHOD = "minmax"
 TRT_VERSIONS = ("10.3", "10.16", "11")
 # Precision of the layers sensitivity fallback keeps out of INT8/FP8 (fp16: Casts and float16 weights).
 FALLBACK_DTYPES = ("fp32", "fp16")
+# How `SelectConfig` picks calibration samples out of the candidates (trtq.calibrators.select).
+SELECT_METHODS = ("random", "density-diversity", "noise-filtered-diverse")
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,60 @@ class CalibConfig(_JsonConfig):
             raise TrtqError(f"max_samples={self.max_samples} must be at least 1.", "pass a positive count.")
 
 
+def _int_at_least(value: Any, low: int, name: str, fix: str) -> None:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+        raise TrtqError(f"selection {name}={value!r} is not an int >= {low}.", fix)
+
+
+@dataclass(frozen=True)
+class SelectConfig(_JsonConfig):
+    """How calibration samples are picked from the candidates (the algorithms: trtq.calibrators.select).
+
+    Args:
+        n: how many candidates to keep.
+        method: random | density-diversity | noise-filtered-diverse.
+        feature: the FP32 tensor whose values describe a sample (None: `default_feature`).
+        seed: seed of every random choice (random draw, k-means, tau's subsample).
+        batch_size: candidates per ONNX Runtime run during feature extraction.
+        neighbors: k of the k-nearest-neighbour density (density-diversity).
+        diversity_weight: λ, the weight of diversity against density (density-diversity).
+        iqr_k: fence width in IQRs of the outlier filter (noise-filtered-diverse).
+        clusters: k-means clusters (None: n) (noise-filtered-diverse).
+        kmeans_init: k-means restarts, the best kept (noise-filtered-diverse).
+        components: principal directions kept for distances.
+    """
+
+    n: int
+    method: str = "random"
+    feature: str | None = None
+    seed: int = 0
+    batch_size: int = 8
+    neighbors: int = 10
+    diversity_weight: float = 1.0
+    iqr_k: float = 1.5
+    clusters: int | None = None
+    kmeans_init: int = 4
+    components: int = 64
+
+    def __post_init__(self) -> None:
+        _int_at_least(self.n, 1, "n", "pick at least one sample, e.g. --select 128.")
+        if self.method not in SELECT_METHODS:
+            raise TrtqError(f"unknown selection method {self.method!r}.",
+                            f"use --select-method with one of: {', '.join(SELECT_METHODS)}.")
+        if self.feature is not None and (not isinstance(self.feature, str) or not self.feature):
+            raise TrtqError(f"selection feature {self.feature!r} is not a tensor name.",
+                            "name an intermediate tensor of the model, or leave it out.")
+        _int_at_least(self.seed, 0, "seed", "use e.g. 0.")
+        for name in ("batch_size", "neighbors", "kmeans_init", "components"):
+            _int_at_least(getattr(self, name), 1, name, f"pass a positive {name}.")
+        if self.clusters is not None:
+            _int_at_least(self.clusters, 1, "clusters", "pass a positive number of clusters, or None (= n).")
+        for name in ("diversity_weight", "iqr_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise TrtqError(f"selection {name}={value!r} is not a finite number >= 0.", "use e.g. 1.0 or 1.5.")
+
+
 @dataclass(frozen=True)
 class QuantConfig(_JsonConfig):
     """Everything `trtq.quantize` needs besides the model and the data.
@@ -168,6 +227,8 @@ class QuantConfig(_JsonConfig):
             the fallback samples) reaches this; with fallback_budget, at most that many layers.
         fallback_samples: calibration samples the sensitivity analysis runs on (the first ones).
         fallback_dtype: fp32 | fp16: precision of the layers kept in floating point.
+        select: calibrate on `select.n` samples picked from the calibration data (the candidates)
+            by `select.method` on the FP32 model's features (None: calibrate on all of them).
     """
 
     precision: str = "int8"
@@ -183,6 +244,7 @@ class QuantConfig(_JsonConfig):
     target_sqnr: float | None = None
     fallback_samples: int = 16
     fallback_dtype: str = "fp32"
+    select: SelectConfig | None = None
 
     def __post_init__(self) -> None:
         _choice(self.precision, PRECISIONS, "precision", "--precision")
@@ -220,4 +282,5 @@ class QuantConfig(_JsonConfig):
 _NESTED: dict[tuple[str, str], type[_JsonConfig]] = {
     ("QuantConfig", "calib"): CalibConfig,
     ("QuantConfig", "target"): Target,
+    ("QuantConfig", "select"): SelectConfig,
 }

@@ -10,7 +10,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -27,6 +27,9 @@ from trtq.exporter.passes import PassContext, get_pass, resolve_passes
 from trtq.exporter.placement import QuantPlan, plan_quantization
 from trtq.exporter.qdq import insert_qdq
 from trtq.sensitivity import FallbackResult, cast_to_fp16, sensitivity_fallback
+
+if TYPE_CHECKING:
+    from trtq.calibrators.select import Selection
 
 __all__ = ["QuantizeResult", "calibrate", "quantize"]
 
@@ -90,9 +93,7 @@ def quantize(
     started = time.perf_counter()
     fp32, source = _load_input(model, example_inputs, output)
     fp32 = _prepare(fp32, cfg)
-    batches = None
-    if calib_data is not None or cfg.precision != "int4":
-        batches = open_batches(calib_data, fp32, batch_size=cfg.calib.batch_size, max_samples=cfg.calib.max_samples)
+    selection, batches = _open_data(fp32, calib_data, cfg, progress)
     try:
         folded, pass_reports, pass_seconds = _run_passes(fp32, cfg, batches, progress)
         del fp32  # the passes' output replaces it: holding both would double the weights in memory
@@ -103,8 +104,7 @@ def quantize(
         if fallback is not None:
             plan = fallback.plan
     finally:
-        if batches is not None:
-            batches.close()
+        _close_data(selection, batches)
     qmodel, tensors = insert_qdq(folded, plan, amax, cfg.precision, block_size=cfg.block_size,
                                  opset=_opset(folded), importance=importance)
     if fallback is not None and cfg.fallback_dtype == "fp16":
@@ -119,6 +119,8 @@ def quantize(
     data_report = batches.source_report() if batches is not None else None
     if data_report is not None:
         report["calibration_data"] = data_report
+    if selection is not None:
+        report["selection"] = selection.to_dict()
     if cfg.check:
         report["check"] = _run_check(qmodel, cfg)
     result = QuantizeResult(qmodel, report, seconds=time.perf_counter() - started, pass_seconds=pass_seconds,
@@ -127,6 +129,41 @@ def quantize(
         result.path = _io.save_model(qmodel, output)
         result.report_path = _io.write_json(report, _io.sidecar_path(output))
     return result
+
+
+def _open_data(model: onnx.ModelProto, calib_data: Any, cfg: QuantConfig,
+               progress: bool) -> tuple[Selection | None, BatchStream | None]:
+    """The calibration stream (None for INT4 without data), of the selected samples when `cfg.select` asks."""
+    selection = _select(model, calib_data, cfg, progress)
+    if selection is not None:
+        calib_data = selection.source(cfg.calib.batch_size)
+    if calib_data is None and cfg.precision == "int4":
+        return selection, None
+    try:
+        return selection, open_batches(calib_data, model, batch_size=cfg.calib.batch_size,
+                                       max_samples=cfg.calib.max_samples)
+    except BaseException:
+        _close_data(selection, None)
+        raise
+
+
+def _close_data(selection: Selection | None, batches: BatchStream | None) -> None:
+    if batches is not None:
+        batches.close()
+    if selection is not None:
+        selection.close()
+
+
+def _select(model: onnx.ModelProto, calib_data: Any, cfg: QuantConfig, progress: bool) -> Selection | None:
+    """Pick `cfg.select.n` of the calibration candidates from the FP32 model's features, when asked."""
+    if cfg.select is None:
+        return None
+    if calib_data is None:
+        raise TrtqError("sample selection needs candidates to select from, and no calibration data was given.",
+                        "pass the candidates as calibration data (--calib-data), or drop --select.")
+    from trtq.calibrators.select import run_selection
+
+    return run_selection(model, calib_data, cfg.select, progress=progress)
 
 
 def _plan(model: onnx.ModelProto, cfg: QuantConfig) -> QuantPlan:
@@ -192,13 +229,13 @@ def calibrate(
         raise TrtqError("INT4 is weight-only: it has no activation ranges to calibrate.", "use int8 or fp8.")
     fp32, _ = _load_input(model, example_inputs, None)
     fp32 = _prepare(fp32, cfg)
-    batches = open_batches(calib_data, fp32, batch_size=cfg.calib.batch_size, max_samples=cfg.calib.max_samples)
+    selection, batches = _open_data(fp32, calib_data, cfg, progress)
     try:
         fp32, _, _ = _run_passes(fp32, cfg, batches, progress)
         plan = _plan(fp32, cfg)
         report, amax = _calibrate(fp32, plan, batches, cfg, progress)
     finally:
-        batches.close()
+        _close_data(selection, batches)
     return {n: {**report[n], "amax": amax[n], "scale": amax[n] / QMAX[cfg.precision]} for n in sorted(report)}
 
 

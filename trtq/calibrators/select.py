@@ -67,7 +67,8 @@ from trtq._io import load_model
 from trtq._ort import make_session
 from trtq.calibrators.data import Batch, BatchStream, InputSpec, model_inputs
 from trtq.calibrators.stats import SENTINEL, _progress
-from trtq.config import _JsonConfig
+from trtq.config import SELECT_METHODS as METHODS
+from trtq.config import SelectConfig
 from trtq.errors import TrtqError
 
 __all__ = [
@@ -87,67 +88,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("random", "density-diversity", "noise-filtered-diverse")
-DEFAULT_METHOD = "random"
+DEFAULT_METHOD = SelectConfig.method
 STATISTICS = ("mean", "std", "absmax")
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _TAU_SAMPLE = 2048  # candidates whose pairwise distances give tau
 _CHUNK = 256  # rows of the distance matrix held at once
 _POWER_ITERATIONS = 3
-
-
-def _int_at_least(value: Any, low: int, name: str, fix: str) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-        raise TrtqError(f"selection {name}={value!r} is not an int >= {low}.", fix)
-
-
-@dataclass(frozen=True)
-class SelectConfig(_JsonConfig):
-    """How calibration samples are picked from the candidates (the algorithms: module docstring).
-
-    Args:
-        n: how many candidates to keep.
-        method: random | density-diversity | noise-filtered-diverse.
-        feature: the FP32 tensor whose values describe a sample (None: `default_feature`).
-        seed: seed of every random choice (random draw, k-means, tau's subsample).
-        batch_size: candidates per ONNX Runtime run during feature extraction.
-        neighbors: k of the k-nearest-neighbour density (density-diversity).
-        diversity_weight: λ, the weight of diversity against density (density-diversity).
-        iqr_k: fence width in IQRs of the outlier filter (noise-filtered-diverse).
-        clusters: k-means clusters (None: n) (noise-filtered-diverse).
-        kmeans_init: k-means restarts, the best kept (noise-filtered-diverse).
-        components: principal directions kept for distances.
-    """
-
-    n: int
-    method: str = DEFAULT_METHOD
-    feature: str | None = None
-    seed: int = 0
-    batch_size: int = 8
-    neighbors: int = 10
-    diversity_weight: float = 1.0
-    iqr_k: float = 1.5
-    clusters: int | None = None
-    kmeans_init: int = 4
-    components: int = 64
-
-    def __post_init__(self) -> None:
-        _int_at_least(self.n, 1, "n", "pick at least one sample, e.g. --select 128.")
-        if self.method not in METHODS:
-            raise TrtqError(f"unknown selection method {self.method!r}.",
-                            f"use --select-method with one of: {', '.join(METHODS)}.")
-        if self.feature is not None and (not isinstance(self.feature, str) or not self.feature):
-            raise TrtqError(f"selection feature {self.feature!r} is not a tensor name.",
-                            "name an intermediate tensor of the model, or leave it out.")
-        _int_at_least(self.seed, 0, "seed", "use e.g. 0.")
-        for name in ("batch_size", "neighbors", "kmeans_init", "components"):
-            _int_at_least(getattr(self, name), 1, name, f"pass a positive {name}.")
-        if self.clusters is not None:
-            _int_at_least(self.clusters, 1, "clusters", "pass a positive number of clusters, or None (= n).")
-        for name in ("diversity_weight", "iqr_k"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-                raise TrtqError(f"selection {name}={value!r} is not a finite number >= 0.", "use e.g. 1.0 or 1.5.")
 
 
 @dataclass
