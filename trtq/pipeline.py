@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import platform
@@ -200,6 +201,10 @@ def _run_passes(model: onnx.ModelProto, cfg: QuantConfig, batches: BatchStream |
         result = get_pass(name)(model, ctx)
         model = result.model
         reports[name] = result.report
+        # an onnx-graphsurgeon graph is a reference cycle (nodes <-> tensors): collect it now, or its
+        # copies of the weights live on through calibration (MiniLM + rotate_online: 600 -> 467 MB peak)
+        del result
+        gc.collect()
         seconds[name] = time.perf_counter() - started
         logger.info("pass %s: %.1f s", name, seconds[name])
     return model, reports, seconds
