@@ -1,7 +1,8 @@
 """Calibration-sample selection on real models: INT8 fidelity of N chosen candidates vs all, and its cost.
 
     python bench/selection.py [--models effnet,minilm] [--candidates 2000] [--sizes 32,128] [--seeds 5]
-                              [--scale 2000,10000] [--parts fidelity,scale] [--out bench/out/selection]
+                              [--scale 2000,10000] [--parts fidelity,scale] [--calib-method minmax]
+                              [--contaminate 0.1] [--out bench/out/selection]
 
 Run it by hand with the trtq environment's Python (it is not a test; CI does not run it). It prints
 one markdown table and writes `selection.md` and `selection.json` (every run) into `--out`; results
@@ -15,6 +16,9 @@ Candidates (real, offline, never the evaluation data):
   documentation), then prose sentences of the docstrings of Python's standard library (read with
   `ast`, not imported; none is an evaluation sentence) in a fixed shuffled order; tokenised on the
   fly and padded to 128 tokens.
+- effnet with `--contaminate F`: the same crops, but a seeded fraction F of them are bad frames (one
+  strong noise / blur / JPEG / low-light degradation each, `trtq.calibrators.degrade`), as in an edge
+  camera's dump; rows say "bad<F> pool". The evaluation stays clean: the deployment's good frames.
 Evaluation: 64 crops of the evaluation photos and 128 evaluation sentences, as in bench/run.py.
 
 Fidelity part: the FP32 features of the candidates are extracted once per model; then, for each N
@@ -54,6 +58,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import trtq  # noqa: E402
 from trtq._io import load_model  # noqa: E402
 from trtq._ort import make_session  # noqa: E402
+from trtq.calibrators.degrade import degrade  # noqa: E402
 from trtq.calibrators.select import (  # noqa: E402
     METHODS,
     STATISTICS,
@@ -84,10 +89,19 @@ EVAL_IMAGES, EVAL_SENTENCES = 64, 128
 # ---------------------------------------------------------------------------------------- candidates
 
 
-class PhotoCrops:
-    """`count` crops of the calibration photos, made on the fly (a trtq BatchSource)."""
+# bad frames of a contaminated pool: one of these, strong, per contaminated candidate
+CONTAMINATION = ("noise", "blur", "jpeg", "lowlight")
 
-    def __init__(self, count: int, input_name: str) -> None:
+
+class PhotoCrops:
+    """`count` crops of the calibration photos, made on the fly (a trtq BatchSource).
+
+    With `contaminate` > 0, that fraction of the candidates (a seeded choice) are bad frames: the
+    crop under one strong degradation of `CONTAMINATION` (trtq.calibrators.degrade), as an edge
+    camera's dump holds noisy, blurred, over-compressed or dark frames among the good ones.
+    """
+
+    def __init__(self, count: int, input_name: str, contaminate: float = 0.0) -> None:
         views = list(itertools.product(CALIB_PHOTOS, np.linspace(0.3, 1.0, 16), np.linspace(0, 1, 12),
                                        np.linspace(0, 1, 12), (False, True)))
         if count > len(views):
@@ -96,8 +110,10 @@ class PhotoCrops:
         self.views = [views[i] for i in order]
         self.input_name = input_name
         self._photos = {name: load_photo(name) for name in CALIB_PHOTOS}
+        bad = np.random.default_rng(1).permutation(count)[: int(round(contaminate * count))]
+        self.bad = {int(i): CONTAMINATION[k % len(CONTAMINATION)] for k, i in enumerate(sorted(bad))}
 
-    def crop(self, view: tuple) -> np.ndarray:
+    def crop(self, view: tuple, index: int = -1) -> np.ndarray:
         from PIL import Image
 
         name, scale, py, px, flip = view
@@ -107,15 +123,19 @@ class PhotoCrops:
         y, x = int(round(py * (h - side))), int(round(px * (w - side)))
         crop = photo[y : y + side, x : x + side]
         img = Image.fromarray(np.ascontiguousarray(crop[:, ::-1] if flip else crop))
-        rgb = np.asarray(img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR), np.float32) / 255.0
+        pixels = np.asarray(img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR))
+        if index in self.bad:
+            pixels = degrade(pixels, self.bad[index], "strong", seed=0, index=index)
+        rgb = pixels.astype(np.float32) / 255.0
         return ((rgb - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
 
     def batches(self, batch_size: int):
         for start in range(0, len(self.views), batch_size):
-            yield {self.input_name: np.stack([self.crop(v) for v in self.views[start : start + batch_size]])}
+            end = min(start + batch_size, len(self.views))
+            yield {self.input_name: np.stack([self.crop(self.views[i], i) for i in range(start, end)])}
 
     def report(self) -> dict:
-        return {"source": "photo_crops", "candidates": len(self.views)}
+        return {"source": "photo_crops", "candidates": len(self.views), "bad_frames": len(self.bad)}
 
 
 def stdlib_sentences() -> list[str]:
@@ -179,12 +199,14 @@ def model_path(name: str, out: Path) -> str:
     return models.export(name, out / "models", seq_len=SEQ_LEN)
 
 
-def candidates(name: str, count: int, fp32: str) -> Any:
+def candidates(name: str, count: int, fp32: str, contaminate: float = 0.0) -> Any:
     if name == "effnet":
         import onnx
 
         first = onnx.load(fp32, load_external_data=False).graph.input[0].name
-        return PhotoCrops(count, first)
+        return PhotoCrops(count, first, contaminate)
+    if contaminate:
+        raise SystemExit("--contaminate applies to effnet's photo crops only")
     return Sentences(text_pool(count), tokenizer())
 
 
@@ -245,11 +267,13 @@ class Results:
         self.rows: list[dict] = json.loads(path.read_text()) if path.exists() else []
 
     def find(self, **key: Any) -> dict | None:
+        key.setdefault("pool", None)  # rows of the clean pool have no "pool"
         return next((r for r in self.rows if all(r.get(k) == v for k, v in key.items())), None)
 
     def add(self, row: dict) -> None:
-        """Append `row`, replacing the row of the same part, model, candidates, calibration method and key."""
-        same = ("part", "model", "candidates", "calib_method", "key")
+        """Append `row`, replacing the row of the same part, model, candidates (count and pool), calibration
+        method and key."""
+        same = ("part", "model", "candidates", "pool", "calib_method", "key")
         self.rows = [r for r in self.rows if any(r.get(k) != row.get(k) for k in same)] + [row]
         self.path.write_text(json.dumps(self.rows, indent=1))
 
@@ -269,9 +293,13 @@ def cached_features(model: Any, cands: Any, path: Path) -> FeatureSet:
 def fidelity(name: str, args: argparse.Namespace, results: Results) -> None:
     fp32 = model_path(name, args.out)
     proto = load_model(fp32)
-    cands = candidates(name, args.candidates, fp32)
+    cands = candidates(name, args.candidates, fp32, args.contaminate)
     evaluate = Evaluator(name, fp32, eval_data(name, fp32))
     common = {"part": "fidelity", "model": name, "candidates": args.candidates, "calib_method": args.calib_method}
+    pool = ""
+    if args.contaminate:
+        pool = f"bad{args.contaminate:g}"
+        common["pool"] = pool
     if not results.find(**common, key="all"):
         print(f"[{name}] all {args.candidates} candidates", flush=True)
         results.add({**common, "key": "all", "method": "all",
@@ -283,7 +311,8 @@ def fidelity(name: str, args: argparse.Namespace, results: Results) -> None:
         if results.find(**common, key=key):
             continue
         if features is None:
-            features = cached_features(proto, cands, args.out / f"features_{name}_{args.candidates}.npz")
+            suffix = f"_{pool}" if pool else ""
+            features = cached_features(proto, cands, args.out / f"features_{name}_{args.candidates}{suffix}.npz")
             print(f"[{name}] features {features.tensor} {features.values.shape} in {features.seconds:.0f} s")
         sel = select_samples(proto, cands, n, method=method, seed=seed, features=features, progress=False)
         chosen = tuple(sel.indices.tolist())
@@ -356,10 +385,12 @@ def _vs_all(model: str, value: float, full: float) -> float:
 def fidelity_table(rows: list[dict]) -> list[str]:
     lines = ["| model | calib | N | method | metric | mean ± std (seeds) | min | max | distinct picks "
              "| Δ vs random | vs all % | other | select s |", "|---" * 13 + "|"]
-    groups = dict.fromkeys((r["model"], r["calib_method"]) for r in rows if r["part"] == "fidelity")
-    for model, calib in groups:
+    groups = dict.fromkeys((r["model"], r["calib_method"], r.get("pool")) for r in rows if r["part"] == "fidelity")
+    for model, calib_method, pool in groups:
         key, label = _metric(model)
-        mine = [r for r in rows if r["part"] == "fidelity" and r["model"] == model and r["calib_method"] == calib]
+        mine = [r for r in rows if r["part"] == "fidelity" and r["model"] == model
+                and r["calib_method"] == calib_method and r.get("pool") == pool]
+        calib = f"{calib_method}, {pool} pool" if pool else calib_method
         full = next((r for r in mine if r["key"] == "all"), None)
         other = "top1" if model == "effnet" else "sqnr_db"
         if full:
@@ -408,6 +439,8 @@ def main() -> None:
     p.add_argument("--scale", default="2000,10000", help="candidate counts for the time / memory part")
     p.add_argument("--parts", default="fidelity,scale")
     p.add_argument("--calib-method", default=CalibConfig.method)
+    p.add_argument("--contaminate", type=float, default=0.0,
+                   help="effnet: this fraction of the candidates are bad frames (strong noise/blur/jpeg/lowlight)")
     p.add_argument("--out", type=Path, default=HERE / "out" / "selection")
     p.add_argument("--measure", nargs=3, metavar=("MODEL", "COUNT", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()
