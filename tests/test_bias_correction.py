@@ -6,7 +6,7 @@ import graphs
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 import trtq
 from trtq._ort import make_session

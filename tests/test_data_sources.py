@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import graphs
 import trtq
 from trtq.calibrators.data import BatchSource, BatchStream, InputSpec
 from trtq.calibrators.degrade import DegradeConfig, Degraded

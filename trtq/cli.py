@@ -14,6 +14,7 @@ from typing import Any
 from trtq.config import (
     CALIB_METHODS,
     FALLBACK_DTYPES,
+    INT4_METHODS,
     PRECISIONS,
     SELECT_METHODS,
     TARGETS,
@@ -47,6 +48,9 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude", action="append", default=[], metavar="REGEX",
                    help="keep nodes whose name matches REGEX in floating point (repeatable)")
     p.add_argument("--block-size", type=int, default=128, help="INT4 block size (default 128)")
+    p.add_argument("--int4-method", default=QuantConfig.int4_method,
+                   help=f"INT4 rounding with calibration data: {', '.join(INT4_METHODS)} (default "
+                   f"{QuantConfig.int4_method}: GPTQ error feedback; rtn: round to nearest)")
     p.add_argument("--opset", type=int, help="output opset (default: the lowest the precision needs)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     p.add_argument("--passes", help="comma-separated graph passes to run before calibration "
@@ -257,6 +261,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
         fallback_samples=args.fallback_samples,
         fallback_dtype=args.fallback_dtype,
         select=_select_config(args),
+        int4_method=args.int4_method,
     )
     if config.precision != "int4" and not args.calib_data:
         raise TrtqError(f"{config.precision.upper()} needs calibration data.", "pass --calib-data CALIB.npz.")

@@ -14,6 +14,7 @@ __all__ = [
     "CALIB_METHODS",
     "DEFAULT_CALIB_METHOD",
     "FALLBACK_DTYPES",
+    "INT4_METHODS",
     "PRECISIONS",
     "SELECT_METHODS",
     "TARGETS",
@@ -32,6 +33,8 @@ DEFAULT_CALIB_METHOD = "minmax"
 TRT_VERSIONS = ("10.3", "10.16", "11")
 # Precision of the layers sensitivity fallback keeps out of INT8/FP8 (fp16: Casts and float16 weights).
 FALLBACK_DTYPES = ("fp32", "fp16")
+# How INT4 weights are rounded given calibration data (trtq.exporter.gptq; rtn: nearest, clip only).
+INT4_METHODS = ("gptq", "rtn")
 # How `SelectConfig` picks calibration samples out of the candidates (trtq.calibrators.select).
 SELECT_METHODS = ("random", "density-diversity", "noise-filtered-diverse")
 
@@ -229,6 +232,11 @@ class QuantConfig(_JsonConfig):
         fallback_dtype: fp32 | fp16: precision of the layers kept in floating point.
         select: calibrate on `select.n` samples picked from the calibration data (the candidates)
             by `select.method` on the FP32 model's features (None: calibrate on all of them).
+        int4_method: gptq | rtn: how INT4 weights are rounded when calibration data is given. Both
+            use the same block scales (activation-aware MSE clip); gptq rounds each input channel in
+            turn and moves its error onto the channels not yet rounded (Frantar et al. 2022) using
+            the input's second moment over unpadded tokens; rtn rounds to nearest. Without data: rtn.
+            (all-MiniLM-L6-v2, 128 calibration sentences: embedding cosine 0.957 rtn, 0.988 gptq.)
     """
 
     precision: str = "int8"
@@ -245,6 +253,7 @@ class QuantConfig(_JsonConfig):
     fallback_samples: int = 16
     fallback_dtype: str = "fp32"
     select: SelectConfig | None = None
+    int4_method: str = "gptq"
 
     def __post_init__(self) -> None:
         _choice(self.precision, PRECISIONS, "precision", "--precision")
@@ -258,6 +267,7 @@ class QuantConfig(_JsonConfig):
                 "(fp8: ada, hopper, blackwell, thor).",
             )
         self._validate_fallback()
+        _choice(self.int4_method, INT4_METHODS, "INT4 method", "--int4-method")
         import re
 
         for pattern in self.exclude:

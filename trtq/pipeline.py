@@ -80,7 +80,8 @@ def quantize(
             text source (`trtq.calibrators.images.ImageFolder`, `trtq.calibrators.text.TextSource`,
             `trtq.calibrators.degrade.Degraded`), whose report goes to the sidecar. INT4
             (weight-only) needs none; given data, it clips each weight block for the least
-            output error on that data (activation-aware) instead of the least weight error.
+            output error on that data (activation-aware) instead of the least weight error, and
+            rounds with GPTQ (`QuantConfig.int4_method`).
         output: where to write the QDQ model (None: return it without writing).
         precision, calib_method, exclude, seed, target: shortcuts that override `config`.
         config: the full `QuantConfig`.
@@ -100,7 +101,7 @@ def quantize(
         del fp32  # the passes' output replaces it: holding both would double the weights in memory
         plan = _plan(folded, cfg)
         calib_report, amax = _calibrate(folded, plan, batches, cfg, progress)
-        importance = _channel_power(folded, plan, batches, progress)
+        importance = _channel_power(folded, plan, batches, progress, cfg.int4_method)
         fallback = _fallback(folded, plan, amax, batches, cfg, importance, progress)
         if fallback is not None:
             plan = fallback.plan
@@ -348,10 +349,21 @@ def _calibrate(model: onnx.ModelProto, plan: QuantPlan, batches: BatchStream | N
 
 
 def _channel_power(model: onnx.ModelProto, plan: QuantPlan, batches: BatchStream | None,
-                   progress: bool) -> dict[str, np.ndarray]:
-    """INT4 with calibration data: per-input-channel power of each weight's activation."""
+                   progress: bool, method: str = "rtn") -> dict[str, np.ndarray]:
+    """INT4 with calibration data: per weight, what its input's data says (see `insert_qdq`).
+
+    gptq: the K × K Hessian H = (2/n)·Σ x·xᵀ over unpadded tokens (one per distinct input, shared);
+    rtn: the per-input-channel power E[x_k²] (activation-aware clipping only).
+    """
     if batches is None or not plan.int4_inputs:
         return {}
+    if method == "gptq":
+        from trtq.calibrators.stats import collect_second_moments, token_mask_input
+
+        moments = collect_second_moments(model, list(plan.int4_inputs.values()), batches,
+                                         mask=token_mask_input(model), progress=progress)
+        hessians = {x: m.hessian for x, m in moments.items()}  # one array per input, shared by its weights
+        return {w: hessians[x] for w, x in plan.int4_inputs.items()}
     stats = collect_channel_stats(model, {x: -1 for x in set(plan.int4_inputs.values())}, batches, progress=progress)
     return {w: stats[x].sqmean for w, x in plan.int4_inputs.items()}
 

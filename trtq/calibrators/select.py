@@ -65,8 +65,8 @@ import onnx
 
 from trtq._io import load_model
 from trtq._ort import make_session
-from trtq.calibrators.data import Batch, BatchStream, InputSpec, model_inputs
-from trtq.calibrators.stats import SENTINEL, _progress
+from trtq.calibrators.data import Batch, BatchStream, model_inputs
+from trtq.calibrators.stats import SENTINEL, _progress, token_mask_input
 from trtq.config import SELECT_METHODS as METHODS
 from trtq.config import SelectConfig
 from trtq.errors import TrtqError
@@ -147,10 +147,6 @@ def _check_feature(model: onnx.ModelProto, name: str) -> None:
                         "--select-feature out.")
 
 
-def _mask_input(inputs: list[InputSpec]) -> str | None:
-    return next((s.name for s in inputs if "mask" in s.name.lower() and len(s.shape) == 2), None)
-
-
 def _positions(x: np.ndarray) -> np.ndarray:
     """[N, positions, C]: rank 1 and 2 have one position, rank 3 is (N, S, C), rank >= 4 is (N, C, ...)."""
     n = x.shape[0]
@@ -194,7 +190,7 @@ def _extract(model: onnx.ModelProto, stream: BatchStream, feature: str | None, p
     name = feature or default_feature(model)
     _check_feature(model, name)
     inputs = model_inputs(model)
-    mask = _mask_input(inputs)
+    mask = token_mask_input(inputs)
     from_input = name in {s.name for s in inputs}
     session = None if from_input else make_session(model, outputs=[name])
     started = time.perf_counter()

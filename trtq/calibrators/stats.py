@@ -21,9 +21,10 @@ import numpy as np
 import onnx
 
 from trtq._ort import make_session
-from trtq.calibrators.data import BatchStream
+from trtq.calibrators.data import BatchStream, InputSpec, model_inputs
 
-__all__ = ["SENTINEL", "ChannelStats", "TensorStats", "collect_channel_stats", "collect_stats"]
+__all__ = ["SENTINEL", "ChannelStats", "SecondMoment", "TensorStats", "collect_channel_stats",
+           "collect_second_moments", "collect_stats", "token_mask_input"]
 
 logger = logging.getLogger(__name__)
 
@@ -184,3 +185,88 @@ def collect_channel_stats(
         n = np.maximum(count, 1)
         out[name] = ChannelStats(absmax, total / n, squares / n, count)
     return out
+
+
+@dataclass
+class SecondMoment:
+    """Σ x·xᵀ (float64, K × K) over the observed rows x of one tensor, and how many rows.
+
+    `hessian` is GPTQ's H = (2/n)·Σ x·xᵀ; its diagonal is twice `ChannelStats.sqmean` on the same rows.
+    """
+
+    xtx: np.ndarray
+    rows: int
+
+    @property
+    def hessian(self) -> np.ndarray:
+        return self.xtx * (2.0 / max(self.rows, 1))
+
+
+def token_mask_input(model: onnx.ModelProto | list[InputSpec]) -> str | None:
+    """The rank-2 graph input whose name holds "mask" (an attention mask (N, S)), if any."""
+    inputs = model_inputs(model) if isinstance(model, onnx.ModelProto) else model
+    return next((s.name for s in inputs if "mask" in s.name.lower() and len(s.shape) == 2), None)
+
+
+def collect_second_moments(
+    model: onnx.ModelProto,
+    tensors: Sequence[str],
+    batches: BatchStream,
+    *,
+    mask: str | None = None,
+    progress: bool = True,
+) -> dict[str, SecondMoment]:
+    """Σ x·xᵀ of each tensor's rows (vectors along its last axis), in one pass; K × K memory each.
+
+    Args:
+        model: the graph to run.
+        tensors: tensor names (MatMul inputs: features on the last axis).
+        batches: the data, in its fixed order (sums in float64, so the result is reproducible).
+        mask: a batch input (N, S) whose zeros mark padded tokens; a rank-3 tensor (N, S, K) drops
+            those rows (the model's outputs never use them). Other shapes are not masked.
+        progress: show a progress bar.
+
+    Rows holding a non-finite value or a mask sentinel are left out. Rows are summed in chunks of
+    exactly K (a K × K float32 buffer per tensor), so the sums do not depend on the batch size.
+    """
+    names = sorted(set(tensors))
+    session = make_session(model, outputs=names)
+    acc: dict[str, _Gram] = {}
+    for batch in _progress(batches, "calibrate: second moments", progress):
+        keep = np.asarray(batch[mask]) != 0 if mask is not None and mask in batch else None
+        for name, value in zip(names, session.run(names, batch)):
+            x = np.asarray(value, np.float32)
+            if keep is not None and x.ndim == 3 and x.shape[:2] == keep.shape:
+                x = x[keep]
+            x = x.reshape(-1, x.shape[-1])
+            if name not in acc:
+                acc[name] = _Gram(x.shape[1])
+            acc[name].add(x[np.all(np.abs(x) < SENTINEL, axis=1)])
+    return {name: gram.result() for name, gram in acc.items()}
+
+
+class _Gram:
+    """Σ x·xᵀ in float64, fed rows in chunks of exactly K (one BLAS product each, no per-batch K × K temporary)."""
+
+    def __init__(self, k: int) -> None:
+        self._xtx = np.zeros((k, k))
+        self._rows = 0
+        self._buf = np.empty((k, k), np.float32)
+        self._fill = 0
+
+    def add(self, x: np.ndarray) -> None:
+        while len(x):
+            take = min(len(x), len(self._buf) - self._fill)
+            self._buf[self._fill:self._fill + take] = x[:take]
+            self._fill, x = self._fill + take, x[take:]
+            if self._fill == len(self._buf):
+                self._flush()
+
+    def _flush(self) -> None:
+        chunk = self._buf[:self._fill].astype(np.float64)
+        self._xtx += chunk.T @ chunk
+        self._rows, self._fill = self._rows + self._fill, 0
+
+    def result(self) -> SecondMoment:
+        self._flush()
+        return SecondMoment(self._xtx, self._rows)

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from trtq.exporter.gptq import gptq_int4_blockwise
 from trtq.exporter.placement import QuantPlan, WeightSlot
 from trtq.exporter.weights import QuantizedWeight, quantize_int4_blockwise, quantize_per_channel
 
@@ -41,7 +42,8 @@ def insert_qdq(
     """Return the QDQ model and, per quantized tensor, the numbers chosen for it.
 
     `importance` maps an INT4 weight to the mean power of each of its input channels (activation-aware
-    clipping); weights without an entry are clipped for plain weight MSE.
+    clipping), or to its input's K × K Hessian H = (2/n)·Σ x·xᵀ (GPTQ rounding, `trtq.exporter.gptq`);
+    weights without an entry are clipped for plain weight MSE.
     """
     importance = importance or {}
     graph = gs.import_onnx(model)
@@ -110,6 +112,8 @@ def _constant_values(tensor: gs.Tensor) -> np.ndarray:
 
 def _quantize_weight(w: np.ndarray, slot: WeightSlot, precision: str, block_size: int,
                      importance: np.ndarray | None) -> QuantizedWeight:
+    if precision == "int4" and importance is not None and np.ndim(importance) == 2:
+        return gptq_int4_blockwise(w, slot.block_axis or 0, block_size, importance)
     if precision == "int4":
         return quantize_int4_blockwise(w, slot.block_axis or 0, block_size, importance)
     return quantize_per_channel(w, None if slot.axis < 0 else slot.axis, precision)
@@ -155,6 +159,7 @@ def _weight_report(slot: WeightSlot, qw: QuantizedWeight, shape: tuple[int, ...]
     if slot.block_axis is not None:
         entry.update(block_axis=slot.block_axis, block_size=block_size,
                      clip_ratio=np.round(qw.clip_ratio, 4).tolist())
+    entry.update(qw.info)
     return entry
 
 

@@ -12,7 +12,8 @@ Scales are float32 and strictly positive (an all-zero channel gets the smallest 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -25,12 +26,16 @@ INT4_CLIP_GRID = np.linspace(0.5, 1.0, 26)
 
 @dataclass
 class QuantizedWeight:
-    """Quantized values (numpy, in their ONNX storage dtype), their scales, and what was chosen."""
+    """Quantized values (numpy, in their ONNX storage dtype), their scales, and what was chosen.
+
+    `info` holds further report fields of the method that produced it (e.g. GPTQ's damping).
+    """
 
     values: np.ndarray
     scale: np.ndarray
     amax: np.ndarray
     clip_ratio: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def _channel_amax(w: np.ndarray, axis: int | None) -> np.ndarray:
