@@ -37,7 +37,8 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(add_args: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The arguments every runner takes, plus the ones `add_args` adds (a tool's own settings)."""
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True, help="FP32 ONNX file")
     p.add_argument("--calib", required=True, help=".npz: input name -> array, first axis = sample")
@@ -45,6 +46,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--precision", required=True, choices=["int8", "fp8", "int4"])
     p.add_argument("--method", default=None, help="the tool's calibration method name")
     p.add_argument("--result", required=True, help="JSON file for the measurements")
+    if add_args is not None:
+        add_args(p)
     return p.parse_args()
 
 
@@ -53,9 +56,13 @@ def load_calib(path: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def run(tool: str, version: str, quantize: Callable[[argparse.Namespace], dict | None]) -> None:
-    """Call `quantize(args)` once, timed, and write the result JSON; exit 1 if it raised."""
-    args = parse_args()
+def run(tool: str, version: str, quantize: Callable[[argparse.Namespace], dict | None],
+        add_args: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """Call `quantize(args)` once, timed, and write the result JSON; exit 1 if it raised.
+
+    `add_args` adds the tool's own command-line arguments (see run_trtq.py's --passes).
+    """
+    args = parse_args(add_args)
     result = {"tool": tool, "version": version, "precision": args.precision, "method": args.method,
               "output": args.output, "rss_baseline_mb": round(rss_mb(), 1)}
     t0 = time.perf_counter()
