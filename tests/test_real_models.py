@@ -1,7 +1,8 @@
 """Real pretrained models that pip packages ship, quantized end to end on real photos and sentences.
 
-Bars from the foundation issue: INT8 >= 12 dB logit SQNR on EfficientNet-Lite0 and embedding cosine
->= 0.97 on all-MiniLM-L6-v2 (the peers score about 3 dB and 0.85); FP8 and INT4 graphs run.
+Bars: INT8 >= 12 dB logit SQNR on EfficientNet-Lite0 (foundation issue); all-MiniLM-L6-v2 embedding
+cosine >= 0.99 INT8, >= 0.995 FP8, >= 0.97 INT4 weight-only (the fidelity issue; ModelOpt scores 0.85
+INT8 and 0.95 INT4).
 """
 
 from __future__ import annotations
@@ -80,13 +81,16 @@ def _embedding_cosine(fp32: Path, candidate: Path, eval_npz: Path) -> float:
     return float((ref * out).sum(axis=1).mean())
 
 
-@pytest.mark.parametrize(("precision", "bar"), [("int8", 0.97), ("fp8", 0.99), ("int4", 0.94)])
+# measured: int8 0.9988 (rotate_online, the default), fp8 0.9972, int4 0.9861 (GPTQ on 64 sentences)
+@pytest.mark.parametrize(("precision", "bar"), [("int8", 0.99), ("fp8", 0.995), ("int4", 0.97)])
 def test_minilm(minilm, precision, bar):
     out = minilm["dir"] / f"{precision}.onnx"
     result = trtq.quantize(minilm["fp32"], minilm["calib"], out, precision=precision,
                            target="hopper" if precision == "fp8" else None, progress=False)
     assert result.report["check"]["ok"] and result.report["check"]["counts"]["warning"] == 0
-    assert _embedding_cosine(minilm["fp32"], out, minilm["eval"]) >= bar
+    cosine = _embedding_cosine(minilm["fp32"], out, minilm["eval"])
+    print(f"MiniLM {precision} cosine {cosine:.4f}")
+    assert cosine >= bar
     if precision != "int4":
         # the attention mask's -inf / dtype-min values never reach a quantized tensor or a range
         assert all(np.isfinite(t["amax"]) for t in result.report["tensors"].values() if t["kind"] == "activation")
