@@ -1,6 +1,6 @@
 """Real pretrained models that pip packages ship, quantized end to end on real photos and sentences.
 
-Bars: INT8 >= 12 dB logit SQNR on EfficientNet-Lite0 (foundation issue); all-MiniLM-L6-v2 embedding
+Bars: INT8 >= 15 dB logit SQNR on EfficientNet-Lite0 (measured 19.7 with bias correction); all-MiniLM-L6-v2 embedding
 cosine >= 0.99 INT8, >= 0.995 FP8, >= 0.97 INT4 weight-only (the fidelity issue; ModelOpt scores 0.85
 INT8 and 0.95 INT4).
 """
@@ -55,7 +55,8 @@ def test_efficientnet_lite0_int8(effnet):
     assert result.report["check"]["ok"] and result.report["check"]["counts"]["warning"] == 0
     report = trtq.compare(effnet["fp32"], out, effnet["eval"], batch_size=4)
     logits = report.outputs[0]
-    assert logits.sqnr_db >= 12.0, report.format()
+    print(f"EfficientNet-Lite0 int8 logit SQNR {logits.sqnr_db:.2f} dB")
+    assert logits.sqnr_db >= 15.0, report.format()
     assert logits.top1_agreement >= 0.75  # 24 photos: one disagreement is 4 points
     assert len(report.tensors) == result.report["summary"]["activation_qdq"]
     assert result.report["summary"]["residual_adds_quantized"] > 0
