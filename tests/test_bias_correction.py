@@ -202,15 +202,11 @@ def test_biascorr_runs_in_the_pipeline(conv_model, conv_calib) -> None:
 
 
 @pytest.mark.slow
-def test_efficientnet_lite0_int8_gains(tmp_path) -> None:
+def test_efficientnet_lite0_int8_gains(effnet_fp32) -> None:
     """Every conv INT8: bias correction lifts the logit SQNR clearly above the uncorrected graph."""
-    pytest.importorskip("torch")
-    pytest.importorskip("efficientnet_lite_pytorch")
-    pytest.importorskip("skimage")
     from trtq.testing.data import CALIB_PHOTOS, EVAL_PHOTOS, image_batch
-    from trtq.testing.models import export_efficientnet_lite0
 
-    model = onnx.load(str(export_efficientnet_lite0(tmp_path / "effnet.onnx")))
+    model = effnet_fp32
     calib = {"images": image_batch(CALIB_PHOTOS, 16)}
     x = {"images": image_batch(EVAL_PHOTOS, 16)}
     ref = make_session(model).run(None, x)[0].astype(np.float64)

