@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import graphs
 import numpy as np
 import onnx
@@ -23,11 +25,7 @@ SEED = 0
 
 
 _init = graphs.init
-
-
-def _model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], x_shape: list,
-           y_shape: list) -> onnx.ModelProto:
-    return graphs.single_io_model(nodes, inits, x_shape, y_shape, OPSET)
+_model = functools.partial(graphs.single_io_model, opset=OPSET)
 
 
 def conv(bias: bool = True, group: int = 1, **attrs) -> onnx.ModelProto:

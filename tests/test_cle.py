@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+
 import graphs
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
 import trtq
+from trtq._ort import make_session
 from trtq.config import QuantConfig
 from trtq.errors import TrtqError
 from trtq.exporter.passes.cle import cross_layer_equalization
@@ -19,11 +21,7 @@ SEED = 0
 
 
 _init = graphs.init
-
-
-def _model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], x_shape: list,
-           y_shape: list) -> onnx.ModelProto:
-    return graphs.single_io_model(nodes, inits, x_shape, y_shape, OPSET)
+_model = functools.partial(graphs.single_io_model, opset=OPSET)
 
 
 def _weights(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -95,10 +93,7 @@ def gemm_relu_gemm(seed: int = SEED) -> onnx.ModelProto:
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})[0]
+    return make_session(model, optimize=False).run(None, {"x": x})[0]
 
 
 def _assert_exact(before: onnx.ModelProto, after: onnx.ModelProto, scale: float = 3.0) -> None:
@@ -291,7 +286,6 @@ def test_cle_runs_in_the_pipeline(conv_model, conv_calib) -> None:
 
 @pytest.mark.slow
 def test_efficientnet_lite0_stays_exact(effnet_fp32) -> None:
-    from trtq._ort import make_session
     from trtq.testing.data import EVAL_PHOTOS, image_batch
 
     model = effnet_fp32

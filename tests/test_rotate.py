@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import graphs
 import numpy as np
 import onnx
 import pytest
@@ -70,8 +71,7 @@ def test_kronecker_split_and_unknown_orders():
 # --- generated graphs ------------------------------------------------------------------------------------
 
 
-def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name)
+_init = graphs.init
 
 
 def _linear(nodes, inits, rng, x, out, k, n, name, bias=True):

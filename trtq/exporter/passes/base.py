@@ -54,8 +54,8 @@ def graph_to_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProt
 
 
 def unique_name(graph: gs.Graph, stem: str) -> str:
-    """`stem`, or `stem_1`, `stem_2`, ...: the first name no tensor of `graph` has."""
-    taken = graph.tensors()
+    """`stem`, or `stem_1`, `stem_2`, ...: the first name no tensor or node of `graph` has."""
+    taken = set(graph.tensors()) | {node.name for node in graph.nodes}
     name, index = stem, 1
     while name in taken:
         name, index = f"{stem}_{index}", index + 1

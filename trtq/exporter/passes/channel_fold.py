@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from trtq.exporter.passes.base import unique_name
 from trtq.exporter.passes.channel_match import Consumer, FoldTarget, Group, node_name, readers
 
 __all__ = ["apply_fold", "channel_ranges"]
@@ -205,16 +206,17 @@ def _restore_readers(graph: gs.Graph, group: Group, scale: np.ndarray, shift: np
 
 
 def _node(graph: gs.Graph, op: str, name: str, inputs: list[gs.Tensor], output: gs.Variable) -> None:
-    graph.nodes.append(gs.Node(op, _unique(graph, name), inputs=inputs, outputs=[output]))
+    graph.nodes.append(gs.Node(op, unique_name(graph, name), inputs=inputs, outputs=[output]))
 
 
 def _const(graph: gs.Graph, name: str, values: np.ndarray, dtype: np.dtype | type) -> gs.Constant:
-    return gs.Constant(_unique(graph, name), np.asarray(values).astype(dtype))
+    return gs.Constant(unique_name(graph, name), np.asarray(values).astype(dtype))
 
 
 def _like(graph: gs.Graph, tensor: gs.Tensor, name: str) -> gs.Variable:
     """A new variable named `name` (made unique) with `tensor`'s dtype, and shape when the dtype is known."""
-    return gs.Variable(_unique(graph, name), dtype=tensor.dtype, shape=tensor.shape if tensor.dtype else None)
+    shape = tensor.shape if tensor.dtype else None
+    return gs.Variable(unique_name(graph, name), dtype=tensor.dtype, shape=shape)
 
 
 def _reroute_consumers(group: Group, tensor: gs.Variable) -> None:
@@ -229,15 +231,6 @@ def _set_input(node: gs.Node, index: int, tensor: gs.Tensor) -> None:
         node.inputs[index] = tensor
     else:
         node.inputs.append(tensor)
-
-
-def _unique(graph: gs.Graph, base: str) -> str:
-    """`base`, or `base_<n>`, unused by any tensor or node of `graph`."""
-    taken = set(graph.tensors()) | {n.name for n in graph.nodes}
-    name, index = base, 1
-    while name in taken:
-        name, index = f"{base}_{index}", index + 1
-    return name
 
 
 Ranges = dict[str, tuple[np.ndarray, np.ndarray, int]]

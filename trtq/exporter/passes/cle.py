@@ -46,6 +46,8 @@ import onnx_graphsurgeon as gs
 
 from trtq.errors import TrtqError
 from trtq.exporter.passes.base import PassResult, graph_to_model, unique_name
+from trtq.exporter.passes.channel_match import readers
+from trtq.exporter.placement import _node_names
 
 __all__ = ["cross_layer_equalization"]
 
@@ -159,7 +161,7 @@ def _relu6_note(relu6: str) -> str:
 
 def _find_pairs(graph: gs.Graph, relu6: str) -> tuple[list[_Pair], list[dict[str, Any]]]:
     """Every layer → activation → layer chain, and the chains that cannot be equalized, with reasons."""
-    names = {id(n): n.name or f"{n.op}_{i}" for i, n in enumerate(graph.nodes)}
+    names = _node_names(graph)
     outputs = {id(t) for t in graph.outputs}
     pairs: list[_Pair] = []
     skipped: list[dict[str, Any]] = []
@@ -220,8 +222,8 @@ def _sole_consumer(tensor: gs.Tensor, outputs: set[int]) -> gs.Node | str:
     if id(tensor) in outputs:
         return f"{tensor.name!r} is a graph output"
     if len(tensor.outputs) != 1:
-        readers = ", ".join(n.op for n in tensor.outputs)
-        return f"{tensor.name!r} feeds {len(tensor.outputs)} nodes ({readers})"
+        ops = ", ".join(n.op for n in tensor.outputs)
+        return f"{tensor.name!r} feeds {len(tensor.outputs)} nodes ({ops})"
     return tensor.outputs[0]
 
 
@@ -381,14 +383,12 @@ def _region_reason(ops: list[str], reason: str) -> str:
 
 def _drop_shared(pairs: list[_Pair], graph: gs.Graph) -> tuple[list[_Pair], list[dict[str, Any]]]:
     """Drop pairs whose weights or biases are read by a node outside their own layer."""
-    outputs = {id(t) for t in graph.outputs}
     kept, skipped = [], []
     for pair in pairs:
         reason = None
         for layer in (pair.first, pair.second):
             for const, owner in layer.params:
-                readers = [n for n in const.outputs if n is not owner and n.op not in _SHAPE_READERS]
-                if readers or id(const) in outputs:
+                if readers(const, graph, [owner], _SHAPE_READERS):
                     reason = f"{const.name!r} of {layer.name} is shared with a node outside the pair"
         if reason:
             skipped.append({"layers": pair.label, "reason": reason})

@@ -132,16 +132,15 @@ def _reparameterize(graph: gs.Graph, group: Group, target: FoldTarget, lo: np.nd
                     shift: bool) -> dict[str, Any]:
     scale, delta = repq_scales(lo, hi, shift)
     restored = apply_fold(graph, group, target, scale, delta, tag="repq")
-    centred_lo = (lo - (delta if delta is not None else 0.0)) / scale
-    centred_hi = (hi - (delta if delta is not None else 0.0)) / scale
-    logger.debug("repq: %s amax %.3g -> %.3g", group.tensor.name, float(np.max(np.abs([lo, hi]))),
-                 float(np.max(np.abs([centred_lo, centred_hi]))))
+    centred = (np.array([lo, hi]) - (delta if delta is not None else 0.0)) / scale
+    amax, amax_after = float(np.max(np.abs([lo, hi]))), float(np.max(np.abs(centred)))
+    logger.debug("repq: %s amax %.3g -> %.3g", group.tensor.name, amax, amax_after)
     return {
         "tensor": group.tensor.name,
         "layernorm": node_name(target.node),
         "consumers": group.names,
-        "act_amax": float(np.max(np.abs([lo, hi]))),
-        "act_amax_after": float(np.max(np.abs([centred_lo, centred_hi]))),
+        "act_amax": amax,
+        "act_amax_after": amax_after,
         "scales": scale.astype(np.float32).tolist(),
         "shifts": delta.astype(np.float32).tolist() if delta is not None else None,
         "restored": restored,

@@ -59,6 +59,8 @@ from trtq.config import QuantConfig
 from trtq.errors import TrtqError
 from trtq.exporter.passes import hadamard as had
 from trtq.exporter.passes.base import PassResult, graph_to_model
+from trtq.exporter.passes.channel_match import node_name as _name
+from trtq.exporter.passes.channel_match import readers
 from trtq.exporter.passes.context import PassContext
 from trtq.exporter.placement import ROTATION_MARKER  # inserted nodes: "<marker>/<layer>/...", left unquantized
 
@@ -256,10 +258,6 @@ class _State:
         return name
 
 
-def _name(node: gs.Node) -> str:
-    return node.name or f"{node.op}->{node.outputs[0].name}"
-
-
 def _producer(tensor: gs.Tensor) -> gs.Node | None:
     return tensor.inputs[0] if tensor.inputs else None
 
@@ -279,10 +277,7 @@ def _sole_consumer(state: _State, tensor: gs.Tensor) -> gs.Node | None:
 
 def _shared_reason(state: _State, const: gs.Constant, owners: Iterable[gs.Node]) -> str | None:
     """Why `const` may not be rewritten (read by a node outside `owners`), or None."""
-    mine = {id(n) for n in owners}
-    users = sorted({_name(n) for n in const.outputs if id(n) not in mine and n.op not in _SHAPE_READERS})
-    if state.is_output(const):
-        users.append("a graph output")
+    users = readers(const, state.graph, owners, _SHAPE_READERS)
     return f"weight {const.name!r} is shared with {users}" if users else None
 
 
@@ -612,6 +607,11 @@ class _Stream:
     norms: list[_Norm] = field(default_factory=list)
     norm_readers: list[tuple[_Norm, _Linear]] = field(default_factory=list)
 
+    @property
+    def linear_readers(self) -> list[_Linear]:
+        """Every linear layer reading the stream, directly or after a norm."""
+        return [*self.readers, *(linear for _, linear in self.norm_readers)]
+
 
 def _fold_residual_streams(state: _State, report: dict[str, Any]) -> None:
     norms = _find_norms(state)
@@ -736,17 +736,18 @@ def _check_stream(state: _State, stream: _Stream) -> _Stream | str:
                 return f"norm {_name(norm.node)!r} feeds {consumer.op} {_name(consumer)!r}, not a linear"
             stream.norm_readers.append((norm, linear))
     widths = {_writer_weight(w).values.shape[1] for w in stream.writers}
-    widths |= {lin.weight.values.shape[0] for lin in [*stream.readers, *(r for _, r in stream.norm_readers)]}
+    widths |= {lin.weight.values.shape[0] for lin in stream.linear_readers}
     widths |= {norm.gamma.values.size for norm in stream.norms if norm.gamma is not None}
     if len(widths) != 1:
         return f"the writers, readers and norms of the stream disagree on its width ({sorted(widths)})"
     for kind, writer in stream.writers:
-        owners = writer.nodes if kind == "linear" else [writer]
-        consts = [writer.weight, writer.bias] if kind == "linear" else [writer.inputs[0]]
-        for const in consts:
-            if const is not None and (reason := _shared_reason(state, const, owners)):
-                return reason
-    for linear in [*stream.readers, *(r for _, r in stream.norm_readers)]:
+        if kind == "linear":
+            reason = writer.shared_reason(state)
+        else:
+            reason = _shared_reason(state, writer.inputs[0], [writer])
+        if reason:
+            return reason
+    for linear in stream.linear_readers:
         if reason := _shared_reason(state, linear.weight, [linear.matmul]):
             return reason
     return stream
@@ -780,7 +781,7 @@ def _rotate_stream(state: _State, stream: _Stream) -> dict[str, Any]:
         "norms": [_name(n.node) for n in stream.norms],
         "hidden": d,
         "writers": [_name(w.matmul if k == "linear" else w) for k, w in stream.writers],
-        "readers": [_name(r.matmul) for r in [*stream.readers, *(lin for _, lin in stream.norm_readers)]],
+        "readers": [_name(r.matmul) for r in stream.linear_readers],
         "rotation": record,
     }
 
