@@ -66,10 +66,11 @@ import onnx
 from trtq._io import load_model
 from trtq._ort import make_session
 from trtq.calibrators.data import Batch, BatchStream, model_inputs
-from trtq.calibrators.stats import SENTINEL, _progress, token_mask_input
+from trtq.calibrators.stats import SENTINEL, _progress, token_keep, token_mask_input
 from trtq.config import SELECT_METHODS as METHODS
 from trtq.config import SelectConfig
 from trtq.errors import TrtqError
+from trtq.exporter.placement import WEIGHTED_OPS
 
 __all__ = [
     "DEFAULT_METHOD",
@@ -90,7 +91,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_METHOD = SelectConfig.method
 STATISTICS = ("mean", "std", "absmax")
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _TAU_SAMPLE = 2048  # candidates whose pairwise distances give tau
 _CHUNK = 256  # rows of the distance matrix held at once
 _POWER_ITERATIONS = 3
@@ -166,11 +166,13 @@ def reduce_feature(value: np.ndarray, mask: np.ndarray | None = None) -> tuple[n
     """
     x = _positions(np.asarray(value, dtype=np.float32))
     valid = np.abs(x) < SENTINEL  # False for nan, inf and mask sentinels
-    if mask is not None and np.ndim(value) == 3 and np.shape(mask) == np.shape(value)[:2]:
-        valid &= (np.asarray(mask) != 0)[:, :, None]
+    keep = token_keep(mask, np.shape(value))
+    if keep is not None:
+        valid &= keep[:, :, None]
     xv = np.where(valid, x, np.float32(0.0))
-    vec = xv.sum(axis=1, dtype=np.float64) / np.maximum(valid.sum(axis=1), 1)
-    count = np.maximum(valid.sum(axis=(1, 2)), 1)
+    per_channel = valid.sum(axis=1)
+    vec = xv.sum(axis=1, dtype=np.float64) / np.maximum(per_channel, 1)
+    count = np.maximum(per_channel.sum(axis=1), 1)
     mean = xv.sum(axis=(1, 2), dtype=np.float64) / count
     var = np.maximum(np.square(xv, dtype=np.float64).sum(axis=(1, 2)) / count - mean**2, 0.0)
     stats = {"mean": mean, "std": np.sqrt(var), "absmax": np.abs(xv).max(axis=(1, 2))}
@@ -421,8 +423,8 @@ def _kmeans(z: np.ndarray, clusters: int, seed: int, n_init: int) -> tuple[np.nd
     return km.labels_.astype(np.int64), km.cluster_centers_
 
 
-def _quotas(sizes: np.ndarray, n: int) -> np.ndarray:
-    """Round-robin over the clusters, largest first (then lowest label), each at most its size."""
+def _quotas(sizes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The cluster order (largest first, then lowest label) and quotas dealt round-robin in it, each <= its size."""
     order = np.lexsort((np.arange(len(sizes)), -sizes))
     quota = np.zeros(len(sizes), dtype=np.int64)
     left = min(n, int(sizes.sum()))
@@ -431,7 +433,7 @@ def _quotas(sizes: np.ndarray, n: int) -> np.ndarray:
             if left and quota[c] < sizes[c]:
                 quota[c] += 1
                 left -= 1
-    return quota
+    return order, quota
 
 
 def _pick_noise_filtered(count: int, cfg: SelectConfig, features: FeatureSet | None) -> _Choice:
@@ -441,9 +443,8 @@ def _pick_noise_filtered(count: int, cfg: SelectConfig, features: FeatureSet | N
     labels, centers = _kmeans(z, k, cfg.seed, cfg.kmeans_init)
     dist = np.sqrt(np.square(z - centers[labels]).sum(axis=1))
     sizes = np.bincount(labels, minlength=k)
-    quota = _quotas(sizes, cfg.n)
+    order, quota = _quotas(sizes, cfg.n)
     members = [np.flatnonzero(labels == c)[np.argsort(dist[labels == c], kind="stable")] for c in range(k)]
-    order = np.lexsort((np.arange(k), -sizes))
     picks = [{"index": int(keep[members[c][r]]), "cluster": int(c), "centroid_distance": float(dist[members[c][r]]),
               "cluster_size": int(sizes[c])}
              for r in range(int(quota.max(initial=0))) for c in order if quota[c] > r]

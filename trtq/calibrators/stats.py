@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -24,7 +25,7 @@ from trtq._ort import make_session
 from trtq.calibrators.data import BatchStream, InputSpec, model_inputs
 
 __all__ = ["SENTINEL", "ChannelStats", "SecondMoment", "TensorStats", "collect_channel_stats",
-           "collect_second_moments", "collect_stats", "token_mask_input"]
+           "collect_second_moments", "collect_stats", "token_keep", "token_mask_input"]
 
 logger = logging.getLogger(__name__)
 
@@ -143,9 +144,6 @@ class ChannelStats:
     sqmean: np.ndarray
     count: np.ndarray
 
-    def to_dict(self) -> dict[str, list[float]]:
-        return {"absmax": self.absmax.tolist(), "mean": self.mean.tolist(), "sqmean": self.sqmean.tolist()}
-
 
 def collect_channel_stats(
     model: onnx.ModelProto,
@@ -208,6 +206,16 @@ def token_mask_input(model: onnx.ModelProto | list[InputSpec]) -> str | None:
     return next((s.name for s in inputs if "mask" in s.name.lower() and len(s.shape) == 2), None)
 
 
+def token_keep(mask: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+    """(N, S) bool, True on unpadded tokens, when `mask` (N, S) fits a rank-3 (N, S, K) tensor of `shape`.
+
+    None when there is no mask or the tensor is not rank 3 with those leading axes (not masked).
+    """
+    if mask is None or len(shape) != 3 or np.shape(mask) != tuple(shape[:2]):
+        return None
+    return np.asarray(mask) != 0
+
+
 def collect_second_moments(
     model: onnx.ModelProto,
     tensors: Sequence[str],
@@ -233,10 +241,11 @@ def collect_second_moments(
     session = make_session(model, outputs=names)
     acc: dict[str, _Gram] = {}
     for batch in _progress(batches, "calibrate: second moments", progress):
-        keep = np.asarray(batch[mask]) != 0 if mask is not None and mask in batch else None
+        tokens = batch.get(mask) if mask is not None else None
         for name, value in zip(names, session.run(names, batch)):
             x = np.asarray(value, np.float32)
-            if keep is not None and x.ndim == 3 and x.shape[:2] == keep.shape:
+            keep = token_keep(tokens, x.shape)
+            if keep is not None:
                 x = x[keep]
             x = x.reshape(-1, x.shape[-1])
             if name not in acc:

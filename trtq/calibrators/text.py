@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from trtq.calibrators.data import _to_numpy
 from trtq.config import _JsonConfig
 from trtq.errors import TrtqError
 
@@ -221,12 +222,12 @@ class TextSource:
 
     def _fit(self, name: str, value: Any, n: int) -> np.ndarray:
         """Cut rank >= 2 outputs to max_length along axis 1 and pad them as declared."""
-        value = value.detach().cpu().numpy() if hasattr(value, "detach") else value
+        value = _to_numpy(value)
         rows = _rows(value)
         if rows is None:
             arr = np.asarray(value)
-            _check_rows(name, arr.shape[0] if arr.ndim else 1, n)
             if arr.ndim < 2:
+                _check_rows(name, arr.shape[0] if arr.ndim else 1, n)
                 return arr
             rows = list(arr)
         _check_rows(name, len(rows), n)
