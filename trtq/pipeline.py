@@ -25,8 +25,9 @@ from trtq.calibrators.stats import collect_channel_stats, collect_stats
 from trtq.config import CalibConfig, QuantConfig, Target
 from trtq.errors import TrtqError
 from trtq.exporter.passes import PassContext, get_pass, resolve_passes
-from trtq.exporter.placement import QuantPlan, plan_quantization
+from trtq.exporter.placement import QuantPlan, WeightSlot, plan_quantization
 from trtq.exporter.qdq import insert_qdq
+from trtq.exporter.weights import QuantizedWeight
 from trtq.sensitivity import FallbackResult, cast_to_fp16, sensitivity_fallback
 
 if TYPE_CHECKING:
@@ -96,19 +97,20 @@ def quantize(
     fp32, source = _load_input(model, example_inputs, output)
     fp32 = _prepare(fp32, cfg)
     selection, batches = _open_data(fp32, calib_data, cfg, progress)
+    weights: dict[WeightSlot, QuantizedWeight] = {}  # quantized once: by the fallback analysis, if any
     try:
         folded, pass_reports, pass_seconds = _run_passes(fp32, cfg, batches, progress)
         del fp32  # the passes' output replaces it: holding both would double the weights in memory
         plan = _plan(folded, cfg)
         calib_report, amax = _calibrate(folded, plan, batches, cfg, progress)
-        importance = _channel_power(folded, plan, batches, progress, cfg.int4_method)
-        fallback = _fallback(folded, plan, amax, batches, cfg, importance, progress)
+        importance = _channel_power(folded, plan, batches, cfg.int4_method, progress)
+        fallback = _fallback(folded, plan, amax, batches, cfg, importance, weights, progress)
         if fallback is not None:
             plan = fallback.plan
     finally:
         _close_data(selection, batches)
     qmodel, tensors = insert_qdq(folded, plan, amax, cfg.precision, block_size=cfg.block_size,
-                                 opset=_opset(folded), importance=importance)
+                                 opset=_opset(folded), importance=importance, quantized=weights)
     if fallback is not None and cfg.fallback_dtype == "fp16":
         qmodel = cast_to_fp16(qmodel, fallback.kept_float)
     for name, entry in tensors.items():
@@ -181,14 +183,18 @@ def _plan(model: onnx.ModelProto, cfg: QuantConfig) -> QuantPlan:
 
 
 def _fallback(model: onnx.ModelProto, plan: QuantPlan, amax: dict[str, float], batches: BatchStream | None,
-              cfg: QuantConfig, importance: dict[str, np.ndarray], progress: bool) -> FallbackResult | None:
-    """Sensitivity analysis and fallback when the config asks for a budget or a target SQNR."""
+              cfg: QuantConfig, importance: dict[str, np.ndarray], weights: dict[WeightSlot, QuantizedWeight],
+              progress: bool) -> FallbackResult | None:
+    """Sensitivity analysis and fallback when the config asks for a budget or a target SQNR.
+
+    `weights` receives the quantized weights of the whole plan, for the final `insert_qdq` to reuse.
+    """
     if cfg.fallback_budget is None and cfg.target_sqnr is None:
         return None
     return sensitivity_fallback(model, plan, amax, batches, cfg.precision, opset=_opset(model),
                                 budget=cfg.fallback_budget, target_sqnr=cfg.target_sqnr,
                                 samples=cfg.fallback_samples, block_size=cfg.block_size,
-                                importance=importance, progress=progress)
+                                importance=importance, quantized=weights, progress=progress)
 
 
 def _run_passes(model: onnx.ModelProto, cfg: QuantConfig, batches: BatchStream | None,
@@ -348,8 +354,8 @@ def _calibrate(model: onnx.ModelProto, plan: QuantPlan, batches: BatchStream | N
     return report, amax
 
 
-def _channel_power(model: onnx.ModelProto, plan: QuantPlan, batches: BatchStream | None,
-                   progress: bool, method: str = "rtn") -> dict[str, np.ndarray]:
+def _channel_power(model: onnx.ModelProto, plan: QuantPlan, batches: BatchStream | None, method: str,
+                   progress: bool) -> dict[str, np.ndarray]:
     """INT4 with calibration data: per weight, what its input's data says (see `insert_qdq`).
 
     gptq: the K × K Hessian H = (2/n)·Σ x·xᵀ over unpadded tokens (one per distinct input, shared);

@@ -40,8 +40,9 @@ from trtq._shapes import inferred_graph, tensor_types
 from trtq.calibrators.data import Batch, model_inputs
 from trtq.errors import TrtqError
 from trtq.evaluate import _ErrorSums, _pair
-from trtq.exporter.placement import WEIGHTED_OPS, QuantPlan
+from trtq.exporter.placement import WEIGHTED_OPS, QuantPlan, WeightSlot
 from trtq.exporter.qdq import insert_qdq
+from trtq.exporter.weights import QuantizedWeight
 
 __all__ = [
     "DEFAULT_MAX_TRIALS",
@@ -188,6 +189,7 @@ def sensitivity_fallback(
     max_trials: int = DEFAULT_MAX_TRIALS,
     block_size: int = 128,
     importance: Mapping[str, np.ndarray] | None = None,
+    quantized: dict[WeightSlot, QuantizedWeight] | None = None,
     progress: bool = True,
 ) -> FallbackResult:
     """Measure each unit's sensitivity and choose the units to keep in floating point.
@@ -207,6 +209,7 @@ def sensitivity_fallback(
         samples: calibration samples to measure on.
         max_trials: at most this many fallback steps (each one a measured graph) for `target_sqnr`.
         block_size, importance: as given to `insert_qdq` (INT4).
+        quantized: `insert_qdq`'s memo of quantized weights, filled here for the final graph to reuse.
         progress: show progress bars.
 
     Returns:
@@ -218,8 +221,8 @@ def sensitivity_fallback(
     _validate(batches, budget, target_sqnr, samples, max_trials)
     started = time.perf_counter()
     owners = unit_owners(model, plan)
-    gated, gates = _gated_model(model, plan, activation_amax, precision, owners,
-                                block_size=block_size, opset=opset, importance=importance)
+    gated, gates = _gated_model(model, plan, activation_amax, precision, owners, block_size=block_size,
+                                opset=opset, importance=importance, quantized=quantized)
     subset = _subset(batches, samples, _dynamic_batch(model))
     scorer = _Scorer(gated, gates, subset)
     macs = count_macs(model, {k: v[:1] for k, v in subset[0].items()})
@@ -316,10 +319,12 @@ def _unit_tensors(plan: QuantPlan, owners: Mapping[str, str]) -> dict[str, list[
 
 def _gated_model(model: onnx.ModelProto, plan: QuantPlan, amax: Mapping[str, float], precision: str,
                  owners: Mapping[str, str], *, block_size: int, opset: int,
-                 importance: Mapping[str, np.ndarray] | None) -> tuple[onnx.ModelProto, dict[str, str]]:
+                 importance: Mapping[str, np.ndarray] | None,
+                 quantized: dict[WeightSlot, QuantizedWeight] | None,
+                 ) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The QDQ graph with every planned input behind `Where(gate_unit, dequantized, original)`."""
     qmodel, _ = insert_qdq(model, plan, amax, precision, block_size=block_size, opset=opset,
-                           importance=importance)
+                           importance=importance, quantized=quantized)
     gates = {u: f"{_GATE}{i}" for i, u in enumerate(dict.fromkeys(owners.values()))}
     originals = {n.name: list(n.input) for n in model.graph.node}
     consumers = [c for cs in [*plan.activations.values(), *plan.weights.values()] for c in cs]

@@ -38,14 +38,20 @@ def insert_qdq(
     block_size: int = 128,
     opset: int,
     importance: Mapping[str, np.ndarray] | None = None,
+    quantized: dict[WeightSlot, QuantizedWeight] | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, dict[str, Any]]]:
     """Return the QDQ model and, per quantized tensor, the numbers chosen for it.
 
     `importance` maps an INT4 weight to the mean power of each of its input channels (activation-aware
     clipping), or to its input's K × K Hessian H = (2/n)·Σ x·xᵀ (GPTQ rounding, `trtq.exporter.gptq`);
     weights without an entry are clipped for plain weight MSE.
+
+    `quantized` memoizes the quantized weights by slot, read where present and filled otherwise, for
+    calls on the same model with the same precision, block size and importance (sensitivity fallback
+    quantizes every weight of the plan, then the final graph a subset: GPTQ runs once per weight).
     """
     importance = importance or {}
+    quantized = {} if quantized is None else quantized
     graph = gs.import_onnx(model)
     nodes = {n.name: n for n in graph.nodes}
     tensors = graph.tensors()
@@ -61,7 +67,9 @@ def insert_qdq(
                         "consumers": sorted({c for c, _ in consumers})}
     for slot, consumers in sorted(plan.weights.items(), key=lambda kv: (kv[0].tensor, kv[0].axis)):
         weight = _constant_values(tensors[slot.tensor])
-        qw = _quantize_weight(weight, slot, precision, block_size, importance.get(slot.tensor))
+        qw = quantized.get(slot) or _quantize_weight(weight, slot, precision, block_size,
+                                                      importance.get(slot.tensor))
+        quantized[slot] = qw
         dq = _weight_dq(graph, slot, qw, block_size, fresh)
         if qw.values.dtype == ml_dtypes.int4:
             int4[dq.inputs[0].inputs[0].name] = qw.values
