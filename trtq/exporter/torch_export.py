@@ -41,8 +41,8 @@ __all__ = ["MIN_OPSET", "export"]
 logger = logging.getLogger(__name__)
 
 MIN_OPSET = 18
-# Initializers above this many bytes are hidden from onnx shape inference (it cannot take > 2 GB).
-_SHAPE_INFERENCE_STRIP_BYTES = 1 << 16
+# Initializers above this many elements are hidden from onnx shape inference (it cannot take > 2 GB).
+_SHAPE_INFERENCE_STUB_ELEMENTS = 1 << 14
 # Node metadata torch writes that holds absolute source paths: dropped so outputs are reproducible.
 _DEBUG_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
 
@@ -102,7 +102,7 @@ def export(
     proto = _optimize(proto, fold_batchnorm)
     _name_output_axes(proto, output_axes)
     _strip_debug_metadata(proto)
-    proto = _infer_shapes(proto)
+    proto = add_inferred_shapes(proto, _SHAPE_INFERENCE_STUB_ELEMENTS)
     try:
         save_model(proto, path)
     except OSError as exc:
@@ -555,12 +555,3 @@ def _strip_debug_metadata(proto: onnx.ModelProto) -> None:
         if len(kept) != len(node.metadata_props):
             del node.metadata_props[:]
             node.metadata_props.extend(kept)
-
-
-def _infer_shapes(proto: onnx.ModelProto, strip_bytes: int = _SHAPE_INFERENCE_STRIP_BYTES) -> onnx.ModelProto:
-    """Add onnx's inferred shapes to `proto`; whatever it cannot infer stays unknown.
-
-    Initializers over `strip_bytes` are hidden while inference runs (it needs their shapes, not
-    their values), so models over protobuf's 2 GB limit are inferred too.
-    """
-    return add_inferred_shapes(proto, stub_elements=strip_bytes // 4)
