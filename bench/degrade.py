@@ -37,7 +37,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import models  # noqa: E402
 import trtq  # noqa: E402
+from data import crop_views, photo_crop  # noqa: E402
+from trtq._io import load_model  # noqa: E402
 from trtq.calibrators.degrade import DEGRADATIONS, DegradeConfig, Degraded  # noqa: E402
 from trtq.calibrators.images import ImageList, ImagePreprocess  # noqa: E402
 from trtq.config import CalibConfig, QuantConfig  # noqa: E402
@@ -49,24 +52,9 @@ RECIPES = ("clean", "mild", "strong", "qrid")
 
 def crops(photos: tuple[str, ...], count: int) -> list[np.ndarray]:
     """`count` uint8 IMAGE_SIZE² crops of `photos` over a scale x position x mirror grid, in a fixed order."""
-    from PIL import Image
-
-    views = list(itertools.product(photos, np.linspace(0.35, 1.0, 6), np.linspace(0, 1, 4), np.linspace(0, 1, 4),
-                                   (False, True)))
-    if count > len(views):
-        raise SystemExit(f"at most {len(views)} crops of {len(photos)} photos")
-    order = np.random.default_rng(0).permutation(len(views))[:count]
     loaded = {name: load_photo(name) for name in photos}
-    out = []
-    for name, scale, py, px, flip in (views[i] for i in order):
-        photo = loaded[name]
-        h, w = photo.shape[:2]
-        side = int(round(scale * min(h, w)))
-        y, x = int(round(py * (h - side))), int(round(px * (w - side)))
-        crop = photo[y : y + side, x : x + side]
-        crop = np.ascontiguousarray(crop[:, ::-1] if flip else crop)
-        out.append(np.asarray(Image.fromarray(crop).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)))
-    return out
+    views = crop_views(photos, np.linspace(0.35, 1.0, 6), 4, count)
+    return [photo_crop(loaded[name], *view) for name, *view in views]
 
 
 def recipe(name: str) -> DegradeConfig | None:
@@ -77,17 +65,9 @@ def recipe(name: str) -> DegradeConfig | None:
     return DegradeConfig(degradations=DEGRADATIONS, ratio=0.5, levels=name, seed=0)
 
 
-def model_path(out: Path) -> str:
-    shared = HERE / "out" / "models" / "effnet_fp32.onnx"
-    if shared.exists():
-        return str(shared)
-    import models
-
-    return models.export("effnet", out / "models")
-
-
 def run(args: argparse.Namespace) -> list[dict]:
-    fp32 = model_path(args.out)
+    fp32 = models.shared_or_export("effnet", args.out / "models")
+    reference = load_model(fp32)  # read once; compare_degraded runs it, the quantizations read the file
     pre = ImagePreprocess(mean=tuple(IMAGENET_MEAN.tolist()), std=tuple(IMAGENET_STD.tolist()),
                           resize=(IMAGE_SIZE, IMAGE_SIZE))
     calib = ImageList(crops(CALIB_PHOTOS, args.calib), pre)
@@ -100,7 +80,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         result = trtq.quantize(fp32, source, None, config=QuantConfig(seed=0, calib=CalibConfig(method=method)),
                                progress=False)
         seconds = time.perf_counter() - started
-        report = compare_degraded(fp32, result.model, evaluation, DEGRADATIONS, levels="mixed", seed=1,
+        report = compare_degraded(reference, result.model, evaluation, DEGRADATIONS, levels="mixed", seed=1,
                                   progress=False)
         sets = {s: {"sqnr_db": r.outputs[0].sqnr_db, "top1": r.outputs[0].top1_agreement}
                 for s, r in report.reports.items()}

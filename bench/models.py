@@ -20,6 +20,7 @@ from pathlib import Path
 
 OPSET = 17
 MODELS = ("effnet", "minilm")
+SHARED = Path(__file__).resolve().parent / "out" / "models"  # where bench/run.py exports by default
 
 
 def minilm_path() -> str:
@@ -114,13 +115,23 @@ def input_names(path: str) -> list[str]:
     return [i.name for i in graph.input if i.name not in inits]
 
 
+def _stamp(model: str, seq_len: int) -> str:
+    """What `<model>_fp32.exporter` beside the graph says for an export made now."""
+    return f"{exporter()} seq_len={seq_len}" if model == "minilm" else exporter()
+
+
+def _current(model: str, out_dir: Path, seq_len: int) -> bool:
+    """Whether out_dir holds `<model>_fp32.onnx` from the exporter (and seq_len) an export now would use."""
+    path, stamp = out_dir / f"{model}_fp32.onnx", out_dir / f"{model}_fp32.exporter"
+    return path.exists() and stamp.exists() and stamp.read_text() == _stamp(model, seq_len)
+
+
 def export(model: str, out_dir: Path, *, seq_len: int = 128) -> str:
     """Path of `<out_dir>/<model>_fp32.onnx`, exported now unless a file from the same exporter is there."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out_dir.mkdir(parents=True, exist_ok=True)
-    path, stamp = out_dir / f"{model}_fp32.onnx", out_dir / f"{model}_fp32.exporter"
-    source = f"{exporter()} seq_len={seq_len}" if model == "minilm" else exporter()
-    if path.exists() and stamp.exists() and stamp.read_text() == source:
+    path = out_dir / f"{model}_fp32.onnx"
+    if _current(model, out_dir, seq_len):
         return str(path)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         tmp_path = Path(tmp) / path.name
@@ -129,8 +140,16 @@ def export(model: str, out_dir: Path, *, seq_len: int = 128) -> str:
             _export(model, tmp_path, seq_len)
         _check_single_file(tmp_path)
         tmp_path.replace(path)
-    stamp.write_text(source)
+    (out_dir / f"{model}_fp32.exporter").write_text(_stamp(model, seq_len))
     return str(path)
+
+
+def shared_or_export(model: str, out_dir: Path, *, seq_len: int = 128) -> str:
+    """bench/run.py's graph in bench/out/models when `export` would reuse it (nothing is written there);
+    else `export` into out_dir. For the scripts with their own `--out` (selection.py, degrade.py)."""
+    if _current(model, SHARED, seq_len):
+        return str(SHARED / f"{model}_fp32.onnx")
+    return export(model, out_dir, seq_len=seq_len)
 
 
 def _check_single_file(path: Path) -> None:

