@@ -64,3 +64,17 @@ def _save_model(model: onnx.ModelProto, path: Path) -> Path:
 def _save_npz(arrays: dict[str, np.ndarray], path: Path) -> Path:
     np.savez(path, **arrays)
     return path
+
+
+@pytest.fixture(scope="session", params=["10.3", "10.16", "11"])
+def tensorrt_api(request: pytest.FixtureRequest):
+    """One TensorRT version's real Python API over stub libraries (trtq.testing.tensorrt_api), per version.
+
+    Skips with the reason when the bindings wheel cannot be downloaded or no C compiler is present.
+    """
+    from trtq.testing.tensorrt_api import StubUnavailable, prepare
+
+    try:
+        return prepare(request.param)
+    except StubUnavailable as exc:
+        pytest.skip(f"TensorRT {request.param} Python API unavailable: {exc}")
