@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from trtq.errors import TrtqError
+from trtq.targets import TARGETS, TRT_VERSIONS, TargetSpec
 
 __all__ = [
     "CALIB_METHODS",
@@ -30,34 +31,12 @@ PRECISIONS = ("int8", "fp8", "int4")
 CALIB_METHODS = ("minmax", "percentile", "entropy", "mse")
 # Chosen on bench/ (best on both real models there): see README "Calibration methods" for the figures.
 DEFAULT_CALIB_METHOD = "minmax"
-TRT_VERSIONS = ("10.3", "10.16", "11")
 # Precision of the layers sensitivity fallback keeps out of INT8/FP8 (fp16: Casts and float16 weights).
 FALLBACK_DTYPES = ("fp32", "fp16")
 # How INT4 weights are rounded given calibration data (trtq.exporter.gptq; rtn: nearest, clip only).
 INT4_METHODS = ("gptq", "rtn")
 # How `SelectConfig` picks calibration samples out of the candidates (trtq.calibrators.select).
 SELECT_METHODS = ("random", "density-diversity", "noise-filtered-diverse")
-
-
-@dataclass(frozen=True)
-class TargetSpec:
-    """What a device family runs: compute capability and precisions TensorRT offers on it."""
-
-    sm: str
-    precisions: tuple[str, ...]
-    default_trt: str
-    note: str = ""
-
-
-# reference: shared/reference/anchors-trt-modelopt.md §4 (Jetson matrix) and §2.1 (FP8 needs SM >= 8.9).
-TARGETS: dict[str, TargetSpec] = {
-    "orin": TargetSpec("8.7", ("fp16", "int8", "int4"), "10.3", "Jetson Orin, JetPack 6.x (TensorRT 10.3)"),
-    "thor": TargetSpec("11.0", ("fp16", "int8", "int4", "fp8", "fp4"), "10.16", "Jetson Thor, JetPack 7.x"),
-    "ampere": TargetSpec("8.0", ("fp16", "int8", "int4"), "10.16", "A100 / RTX 30xx"),
-    "ada": TargetSpec("8.9", ("fp16", "int8", "int4", "fp8"), "10.16", "L4 / L40 / RTX 40xx"),
-    "hopper": TargetSpec("9.0", ("fp16", "int8", "int4", "fp8"), "10.16", "H100 / H200"),
-    "blackwell": TargetSpec("10.0", ("fp16", "int8", "int4", "fp8", "fp4"), "10.16", "B200 / RTX 50xx"),
-}
 
 
 def _choice(value: Any, allowed: tuple[str, ...], what: str, flag: str) -> str:

@@ -62,8 +62,9 @@ from onnx import TensorProto, numpy_helper
 
 from trtq._io import load_model
 from trtq._shapes import inferred_graph
-from trtq.config import TARGETS, TRT_VERSIONS, Target
+from trtq.config import Target
 from trtq.errors import TrtqError
+from trtq.targets import JETPACKS, TARGETS, TRT_RELEASES, TRT_VERSIONS, trt_support
 
 __all__ = ["RULES", "SEVERITIES", "CheckReport", "Finding", "Rule", "check"]
 
@@ -94,7 +95,6 @@ _TYPE_MIN_OPSET = {  # first opset whose QuantizeLinear / DequantizeLinear take 
 }
 _SCALE_TYPES = frozenset({_T.FLOAT, _T.FLOAT16, _T.BFLOAT16})
 _HALF_TYPES = frozenset({_T.FLOAT16, _T.BFLOAT16})
-_PARSER_OPSETS = {"10.3": (9, 20), "10.16": (9, 24), "11": (9, 24)}  # operators.md "inclusive range of opset"
 _BLOCK_ANY_TYPE_TRT = ("11",)  # TensorRT 11: block quantization of FP8 / FP4 / INT8 too; 10.x: INT4 only
 _STUB_ELEMENTS = 4096  # initializers larger than this reach shape inference as shape-only stubs
 
@@ -661,7 +661,7 @@ def _target_precision(g: _Graph) -> Iterator[_Hit]:
 def _opset_range(g: _Graph) -> Iterator[_Hit]:
     if g.opset is None:
         return
-    ranges = [_PARSER_OPSETS[g.trt]] if g.trt else list(_PARSER_OPSETS.values())
+    ranges = [TRT_RELEASES[g.trt].parser_opsets] if g.trt else [r.parser_opsets for r in TRT_RELEASES.values()]
     low, high = min(r[0] for r in ranges), max(r[1] for r in ranges)
     trt_name = f"TensorRT {g.trt}" if g.trt else "any TensorRT version"
     if low <= g.opset <= high:
@@ -890,16 +890,16 @@ def _fp32_region(g: _Graph) -> Iterator[_Hit]:
 def _target_trt(g: _Graph) -> Iterator[_Hit]:
     if g.target is None or g.trt is None:
         return
-    if g.target.name == "orin" and g.trt == "11":
-        message = (
-            "TensorRT 11 supports Jetson Orin only from 11.4.1, on AGX Orin with JetPack 7.2.2 or later "
-            "(not on JetPack 6.x)."
-        )
-        fix = "use --trt 10.3 (JetPack 6) or --trt 10.16 (JetPack 7.2) unless the device is such an AGX Orin."
-        yield _Hit(None, message, fix, "warning")
-    if g.target.name == "thor" and g.trt == "10.3":
-        message = "TensorRT 10.3 comes with JetPack 6, which runs on Orin only; Thor starts at JetPack 7."
-        yield _Hit(None, message, "use --trt 10.16 (JetPack 7.2) or --trt 11 for thor.")
+    support, why = trt_support(g.target.name, g.trt)
+    if support == "ok":
+        return
+    ships = sorted({j.trt for j in JETPACKS if g.target.name in j.targets and j.trt in TRT_VERSIONS})
+    fix = f"use --trt {' or --trt '.join(v for v in ships if v != g.trt)} for {g.target.name}"
+    if support == "partial":
+        yield _Hit(None, f"TensorRT {g.trt} on {g.target.name}: {why}.", fix + " unless the device is covered.",
+                   "warning")
+    else:
+        yield _Hit(None, f"TensorRT {g.trt} on {g.target.name}: {why}.", fix + ".")
 
 
 RULES: tuple[Rule, ...] = tuple(_REGISTRY)
