@@ -1,0 +1,223 @@
+"""Rules on the Q/DQ nodes themselves: types, zero points, scales, granularity, INT4 form (errors)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from trtq.exporter.check.graph import (
+    BLOCK_ANY_TYPE_TRT,
+    CONVS,
+    DQ,
+    HALF_TYPES,
+    LEGAL,
+    OTHER_FP8,
+    SCALE_TYPES,
+    Graph,
+    T,
+    type_name,
+)
+from trtq.exporter.check.registry import Hit, rule
+
+__all__: list[str] = []  # the module's rules register themselves in registry.REGISTRY
+
+
+@rule("zero-point", "error", "zero points are constant 0")
+def _zero_point(g: Graph) -> Iterator[Hit]:
+    fix = "re-quantize symmetrically: zero point 0 and scale = amax / 127 (INT8) or amax / 448 (FP8)."
+    for q in g.owners("zero_point"):
+        if q.zero_point is None:
+            continue
+        if not g.is_const(q.zero_point):
+            yield Hit(q.index, f"zero point '{q.zero_point}' is not a constant.", fix)
+            continue
+        values = g.const_array(q.zero_point)
+        if values is not None and np.any(values != 0):
+            bad = values[values != 0].ravel()
+            message = f"zero point '{q.zero_point}' holds {bad[0]:g} ({bad.size} non-zero value(s))"
+            yield Hit(q.index, message + "; TensorRT supports only symmetric quantization.", fix)
+
+
+@rule("quant-type", "error", "quantized types are INT8, FP8, INT4 or FP4")
+def _quant_type(g: Graph) -> Iterator[Hit]:
+    fix = "quantize symmetrically to INT8 (an INT8 zero point 0), or to FP8 E4M3FN / INT4 weights."
+    for q in g.sites():
+        if q.qtype is None or q.qtype in LEGAL or q.qtype in OTHER_FP8:
+            continue
+        if q.is_q and q.zero_point is None and q.qtype == T.UINT8:
+            message = (
+                "QuantizeLinear has no zero point, so ONNX quantizes to UINT8 (ONNX Runtime clips negatives "
+                "to 0) while TensorRT reads it as INT8: the two compute different models."
+            )
+        elif q.qtype == T.INT32:
+            message = (
+                f"'{q.data}' is stored as INT32 (a quantized bias); TensorRT takes biases in float only."
+            )
+            yield Hit(q.index, message, "keep biases float (onnxruntime: extra_options QuantizeBias=False).")
+            continue
+        else:
+            message = (
+                f"quantizes to {type_name(q.qtype)}; TensorRT quantizes only to INT8, FP8 E4M3, INT4 "
+                "(weights) and FP4, with zero point 0 (UINT8 and UINT4 mean asymmetric ranges)."
+            )
+        yield Hit(q.index, message, fix)
+
+
+@rule("fp8-format", "error", "FP8 is FLOAT8E4M3FN")
+def _fp8_format(g: Graph) -> Iterator[Hit]:
+    for q in g.sites():
+        if q.qtype in OTHER_FP8:
+            message = f"quantizes to {type_name(q.qtype)}; TensorRT's FP8 is E4M3 (FLOAT8E4M3FN) only."
+            yield Hit(q.index, message, "use FLOAT8E4M3FN with scale = amax / 448.")
+
+
+@rule("scale-constant", "error", "scales are build-time constants")
+def _scale_constant(g: Graph) -> Iterator[Hit]:
+    for q in g.owners("scale"):
+        if not g.is_build_time_const(q.scale):
+            message = f"scale '{q.scale}' is computed at run time; TensorRT needs a build-time constant."
+            yield Hit(q.index, message, "store the scale as an initializer (or a Constant node).")
+
+
+@rule("scale-value", "error", "scales are positive and finite")
+def _scale_value(g: Graph) -> Iterator[Hit]:
+    fix = (
+        "recalibrate: an all-zero or non-finite range gives no valid scale; exclude the tensor or clamp "
+        "amax to a small positive value."
+    )
+    for q in g.owners("scale"):
+        values = g.const_array(q.scale)
+        if values is None:
+            continue
+        if values.size == 0:
+            yield Hit(q.index, f"scale '{q.scale}' is empty.", fix)
+        elif not np.all(np.isfinite(values) & (values > 0)):
+            bad = values[~(np.isfinite(values) & (values > 0))].ravel()
+            message = f"scale '{q.scale}' holds {bad[0]:g} ({bad.size} value(s) not positive and finite)."
+            yield Hit(q.index, message, fix)
+
+
+@rule("scale-dtype", "error", "scales are float32 (fp16/bf16 only matching the input)")
+def _scale_dtype(g: Graph) -> Iterator[Hit]:
+    for q in g.owners("scale"):
+        scale_type = g.dtype(q.scale)
+        if scale_type is None:
+            continue
+        if scale_type == T.FLOAT8E8M0 and q.granularity == "block" and q.qtype == T.FLOAT8E4M3FN:
+            continue  # MXFP8; block-quant checks the TensorRT version
+        if scale_type not in SCALE_TYPES:
+            message = (
+                f"scale '{q.scale}' is {type_name(scale_type)}; TensorRT takes float32/fp16/bf16 scales."
+            )
+            yield Hit(q.index, message, "store the scale as float32.")
+            continue
+        input_type = g.dtype(q.data) if q.is_q else None
+        if scale_type in HALF_TYPES and input_type is not None and input_type != scale_type:
+            message = (
+                f"scale '{q.scale}' is {type_name(scale_type)} but the quantized input is "
+                f"{type_name(input_type)}; strongly typed TensorRT needs fp16/bf16 scales to match it."
+            )
+            yield Hit(q.index, message, "store the scale as float32, or cast the input to the scale's type.")
+
+
+@rule("per-channel-activation", "error", "per-channel scales only on constant weights")
+def _per_channel_activation(g: Graph) -> Iterator[Hit]:
+    for q in g.sites():
+        if q.granularity == "channel" and not q.on_constant:
+            message = (
+                f"'{q.data}' is quantized per channel but is not a constant weight; activations cannot be "
+                "per-channel in TensorRT."
+            )
+            yield Hit(q.index, message, "quantize activations per tensor (one scalar scale).")
+
+
+@rule("block-quant", "error", "block quantization only on constants, INT4 (any type on TensorRT 11)")
+def _block_quant(g: Graph) -> Iterator[Hit]:
+    for q in g.sites():
+        if q.granularity != "block":
+            continue
+        if not q.on_constant and q.qtype != T.INT4:  # INT4 activations: int4-activation
+            message = f"'{q.data}' is block-quantized but is not a constant; TensorRT blocks constants only."
+            yield Hit(q.index, message, "quantize activations per tensor.")
+        if (
+            q.qtype in LEGAL
+            and q.qtype != T.INT4
+            and g.trt is not None
+            and g.trt not in BLOCK_ANY_TYPE_TRT
+        ):
+            message = (
+                f"block quantization to {type_name(q.qtype)}; TensorRT {g.trt} block-quantizes INT4 only "
+                "(FP8, FP4 and INT8 blocks need TensorRT 11)."
+            )
+            fix = "use per-channel scales for INT8/FP8 weights, INT4 for block-wise weights, or --trt 11."
+            yield Hit(q.index, message, fix)
+
+
+@rule("int4-activation", "error", "INT4 is weight-only")
+def _int4_activation(g: Graph) -> Iterator[Hit]:
+    for q in g.sites():
+        if q.qtype == T.INT4 and not q.on_constant:
+            message = f"'{q.data}' is an activation quantized to INT4; TensorRT's INT4 is weight-only."
+            yield Hit(q.index, message, "keep activations in fp16 (W4A16), or quantize them to INT8/FP8.")
+
+
+@rule("int4-odd-dim", "error", "INT4 tensors have an even last dimension")
+def _int4_odd_dim(g: Graph) -> Iterator[Hit]:
+    for q in g.sites():
+        shape = g.shape(q.data)
+        if q.qtype == T.INT4 and shape and shape[-1] is not None and shape[-1] % 2:
+            message = (
+                f"'{q.data}' has an odd last dimension ({shape[-1]}); TensorRT packs INT4 in pairs on it."
+            )
+            yield Hit(q.index, message, "pad the weight's last dimension to an even size, or keep it INT8.")
+
+
+@rule("conv-precision", "error", "convolutions run in INT8 or FP8 only")
+def _conv_precision(g: Graph) -> Iterator[Hit]:
+    for i in g.nodes_of(*CONVS):
+        for tensor in g.inputs(i, 0, 1):
+            dq = g.dq_behind(tensor)
+            qtype = g.qinfo[dq].qtype if dq is not None else None
+            if qtype is not None and qtype not in (T.INT8, T.FLOAT8E4M3FN):
+                message = (
+                    f"input '{tensor}' is dequantized from {type_name(qtype)}; TensorRT runs convolutions "
+                    "only in INT8 or FP8."
+                )
+                yield Hit(i, message, "quantize this convolution to INT8 (or FP8), or exclude it.")
+                break
+
+
+@rule("dynamic-quantize", "error", "no DynamicQuantizeLinear")
+def _dynamic_quantize(g: Graph) -> Iterator[Hit]:
+    message = "TensorRT's ONNX parser does not support DynamicQuantizeLinear."
+    fix = "quantize statically: calibrate a scale and use QuantizeLinear/DequantizeLinear."
+    for i in g.nodes_of("DynamicQuantizeLinear"):
+        yield Hit(i, message, fix)
+
+
+@rule("q-consumer", "error", "a Q feeds only DequantizeLinear")
+def _q_consumer(g: Graph) -> Iterator[Hit]:
+    for q in g.qinfo.values():
+        if not q.is_q:
+            continue
+        out = g.nodes[q.index].output[0]
+        readers = [g.name(c) for c in g.consumers.get(out, []) if g.op(c) != DQ]
+        readers += ["the graph output"] if out in g.graph_outputs else []
+        if readers:
+            message = (
+                f"quantized tensor '{out}' is read by {', '.join(readers)}; TensorRT takes quantized tensors "
+                "only through DequantizeLinear."
+            )
+            yield Hit(q.index, message, "put a DequantizeLinear (same scale) between the Q and each reader.")
+
+
+@rule("dq-input", "error", "a DQ reads a Q or a quantized constant")
+def _dq_input(g: Graph) -> Iterator[Hit]:
+    for q in g.qinfo.values():
+        if not q.is_q and q.source_q is None and not q.on_constant:
+            message = (
+                f"DequantizeLinear reads '{q.data}', which is neither a QuantizeLinear output nor a "
+                "quantized constant; TensorRT has quantized types only inside Q/DQ pairs."
+            )
+            yield Hit(q.index, message, "feed the DQ from a QuantizeLinear or a quantized initializer.")
