@@ -51,6 +51,7 @@ proxy error is measured on fewer rows than K may overfit the calibration set (da
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +61,7 @@ import numpy as np
 from trtq.errors import TrtqError
 from trtq.exporter.weights import QuantizedWeight, quantize_int4_blockwise
 
-__all__ = ["GptqOptions", "gptq_int4_blockwise", "proxy_error"]
+__all__ = ["GptqOptions", "gptq_int4_blockwise", "gptq_round", "proxy_error"]
 
 _MAX_RETRIES = 4
 
@@ -125,6 +126,22 @@ def gptq_int4_blockwise(w: np.ndarray, block_axis: int, block_size: int, hessian
 def _gptq_codes(w: np.ndarray, row_scale: np.ndarray, hessian: np.ndarray,
                 options: GptqOptions) -> tuple[np.ndarray, float]:
     """INT4 codes of `w` [K, N] (float64 array of integers) and the damping λ used."""
+
+    def round_row(k: int, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        codes = np.clip(np.rint(row / row_scale[k]), -8, 7)
+        return codes, codes * row_scale[k]
+
+    return gptq_round(w, hessian, options, round_row)
+
+
+def gptq_round(w: np.ndarray, hessian: np.ndarray, options: GptqOptions,
+               round_row: Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, float]:
+    """GPTQ over the rows of `w` [K, N] with any row quantizer, and the damping λ used.
+
+    `round_row(k, values)` quantizes row k (its original index; values of length N, with the error
+    of the rows before it already folded in) and returns (codes, dequantized values). Returns the
+    codes [K, N] (float64) in the original row order.
+    """
     k = w.shape[0]
     h = hessian.copy()
     dead = np.diag(h) == 0
@@ -136,20 +153,18 @@ def _gptq_codes(w: np.ndarray, row_scale: np.ndarray, hessian: np.ndarray,
     perm = np.argsort(-np.diag(h), kind="stable") if options.act_order else np.arange(k)
     u, damp = _inverse_cholesky(h[np.ix_(perm, perm)], options.damp * base)
     work = w[perm].copy()
-    scales = row_scale[perm]
-    codes = np.empty_like(work)
+    codes = np.empty(w.shape)
     for i1 in range(0, k, options.lazy_block):
         i2 = min(i1 + options.lazy_block, k)
         err = np.empty((i2 - i1, work.shape[1]))
         for i in range(i1, i2):
-            codes[i] = np.clip(np.rint(work[i] / scales[i]), -8, 7)
-            e = (work[i] - codes[i] * scales[i]) / u[i, i]
+            row_codes, dequantized = round_row(int(perm[i]), work[i])
+            codes[perm[i]] = row_codes
+            e = (work[i] - dequantized) / u[i, i]
             work[i + 1:i2] -= np.outer(u[i, i + 1:i2], e)
             err[i - i1] = e
         work[i2:] -= u[i1:i2, i2:].T @ err
-    out = np.empty_like(codes)
-    out[perm] = codes
-    return out, damp
+    return codes, damp
 
 
 def _inverse_cholesky(h: np.ndarray, damp: float) -> tuple[np.ndarray, float]:
