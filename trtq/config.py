@@ -12,6 +12,7 @@ from trtq.errors import TrtqError
 from trtq.targets import TARGETS, TRT_VERSIONS, TargetSpec
 
 __all__ = [
+    "ACT_QUANT_METHODS",
     "CALIB_METHODS",
     "DEFAULT_CALIB_METHOD",
     "FALLBACK_DTYPES",
@@ -20,6 +21,8 @@ __all__ = [
     "SELECT_METHODS",
     "TARGETS",
     "TRT_VERSIONS",
+    "WEIGHT_FORMATS",
+    "ActQuantConfig",
     "CalibConfig",
     "QuantConfig",
     "SelectConfig",
@@ -35,6 +38,11 @@ DEFAULT_CALIB_METHOD = "minmax"
 FALLBACK_DTYPES = ("fp32", "fp16")
 # How INT4 weights are rounded given calibration data (trtq.exporter.gptq; rtn: nearest, clip only).
 INT4_METHODS = ("gptq", "rtn")
+# How INT4-mode (weight-only) weights are stored: int4 = uniform INT4 DequantizeLinear; the others are
+# codebook formats (trtq.plugins; nf4/codebook4/uniform4 4-bit, codebook3/uniform3 3-bit).
+WEIGHT_FORMATS = ("int4", "nf4", "codebook4", "codebook3", "uniform4", "uniform3")
+# Logarithmic activation quantizers (trtq.plugins): base 2, base √2, AdaLog's searched base.
+ACT_QUANT_METHODS = ("log2", "logsqrt2", "adalog")
 # How `SelectConfig` picks calibration samples out of the candidates (trtq.calibrators.select).
 SELECT_METHODS = ("random", "density-diversity", "noise-filtered-diverse")
 
@@ -189,6 +197,30 @@ class SelectConfig(_JsonConfig):
 
 
 @dataclass(frozen=True)
+class ActQuantConfig(_JsonConfig):
+    """Logarithmic fake quantization of chosen activations (trtq.plugins; the math: its docstring).
+
+    Args:
+        method: log2 | logsqrt2 | adalog.
+        bits: code width (2**bits − 1 levels plus zero).
+        tensors: activation tensors to quantize (None: every post-Softmax and post-GELU tensor that
+            a MatMul reads).
+    """
+
+    method: str
+    bits: int = 8
+    tensors: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _choice(self.method, ACT_QUANT_METHODS, "activation quantizer", "--act-quant")
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 16:
+            raise TrtqError(f"act-quant bits={self.bits!r} is not an int in 2..16.", "pass e.g. --act-quant-bits 8.")
+        if self.tensors is not None and (not self.tensors or not all(isinstance(t, str) and t for t in self.tensors)):
+            raise TrtqError(f"act-quant tensors {self.tensors!r} are not tensor names.",
+                            "name activation tensors of the model, or leave them out for the default rule.")
+
+
+@dataclass(frozen=True)
 class QuantConfig(_JsonConfig):
     """Everything `trtq.quantize` needs besides the model and the data.
 
@@ -216,6 +248,11 @@ class QuantConfig(_JsonConfig):
             turn and moves its error onto the channels not yet rounded (Frantar et al. 2022) using
             the input's second moment over unpadded tokens; rtn rounds to nearest. Without data: rtn.
             (all-MiniLM-L6-v2, 128 calibration sentences: embedding cosine 0.957 rtn, 0.987 gptq.)
+        weight_format: how int4 (weight-only) stores weights: int4 (uniform INT4 DequantizeLinear on
+            MatMul/Gemm) or a codebook format (nf4, codebook4, codebook3, uniform4, uniform3:
+            trtq.plugins; also on Conv weights, groups of `block_size` along K, ragged last group).
+        act_quant: logarithmic quantizers on chosen activations (None: none), in place of the uniform
+            Q/DQ there.
     """
 
     precision: str = "int8"
@@ -233,6 +270,8 @@ class QuantConfig(_JsonConfig):
     fallback_dtype: str = "fp32"
     select: SelectConfig | None = None
     int4_method: str = "gptq"
+    weight_format: str = "int4"
+    act_quant: ActQuantConfig | None = None
 
     def __post_init__(self) -> None:
         _choice(self.precision, PRECISIONS, "precision", "--precision")
@@ -247,6 +286,7 @@ class QuantConfig(_JsonConfig):
             )
         self._validate_fallback()
         _choice(self.int4_method, INT4_METHODS, "INT4 method", "--int4-method")
+        self._validate_formats()
         import re
 
         for pattern in self.exclude:
@@ -255,6 +295,20 @@ class QuantConfig(_JsonConfig):
             except re.error as exc:
                 raise TrtqError(f"--exclude {pattern!r} is not a valid regular expression ({exc}).",
                                 "fix or quote the pattern.") from exc
+
+    @property
+    def codebook_weights(self) -> bool:
+        """Weights go to a codebook format of trtq.plugins (not INT4 DequantizeLinear)."""
+        return self.precision == "int4" and self.weight_format != "int4"
+
+    def _validate_formats(self) -> None:
+        _choice(self.weight_format, WEIGHT_FORMATS, "weight format", "--weight-format")
+        if self.weight_format != "int4" and self.precision != "int4":
+            raise TrtqError(f"weight format {self.weight_format} is weight-only.",
+                            f"use --precision int4 --weight-format {self.weight_format}.")
+        if self.codebook_weights and (self.fallback_budget is not None or self.target_sqnr is not None):
+            raise TrtqError("sensitivity fallback does not support codebook weight formats.",
+                            "drop --fallback-budget / --target-sqnr, or use --weight-format int4.")
 
     def _validate_fallback(self) -> None:
         if self.fallback_budget is not None and self.fallback_budget < 0:
@@ -272,4 +326,5 @@ _NESTED: dict[tuple[str, str], type[_JsonConfig]] = {
     ("QuantConfig", "calib"): CalibConfig,
     ("QuantConfig", "target"): Target,
     ("QuantConfig", "select"): SelectConfig,
+    ("QuantConfig", "act_quant"): ActQuantConfig,
 }

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 # The lowest opset each precision needs: per-channel DQ (13), FP8 (19), INT4 with block_size (21).
 MIN_OPSET = {"int8": 13, "fp8": 19, "int4": 21}
+MIN_OPSET_CODEBOOK = 13  # the codebook face's ReduceSum with axes as an input
 
 
 @dataclass
@@ -98,23 +99,39 @@ def quantize(
     fp32 = _prepare(fp32, cfg)
     selection, batches = _open_data(fp32, calib_data, cfg, progress)
     weights: dict[WeightSlot, QuantizedWeight] = {}  # quantized once: by the fallback analysis, if any
+    codebooks: dict[str, Any] = {}
     try:
         folded, pass_reports, pass_seconds = _run_passes(fp32, cfg, batches, progress)
         del fp32  # the passes' output replaces it: holding both would double the weights in memory
-        plan = _plan(folded, cfg)
+        plan, codebook_plan = _plan_weights(folded, cfg)
+        log_acts, log_report = _log_activations(folded, plan, batches, cfg)
         calib_report, amax = _calibrate(folded, plan, batches, cfg, progress)
-        importance = _channel_power(folded, plan, batches, cfg.int4_method, progress)
-        fallback = _fallback(folded, plan, amax, batches, cfg, importance, weights, progress)
-        if fallback is not None:
-            plan = fallback.plan
+        fallback = None
+        if codebook_plan is not None:
+            from trtq.plugins.apply import quantize_codebook
+
+            codebooks, tensors = quantize_codebook(folded, codebook_plan, batches, cfg, progress)
+        else:
+            importance = _channel_power(folded, plan, batches, cfg.int4_method, progress)
+            fallback = _fallback(folded, plan, amax, batches, cfg, importance, weights, progress)
+            if fallback is not None:
+                plan = fallback.plan
     finally:
         _close_data(selection, batches)
-    qmodel, tensors = insert_qdq(folded, plan, amax, cfg.precision, block_size=cfg.block_size,
-                                 opset=_opset(folded), importance=importance, quantized=weights)
+    if codebook_plan is None:
+        qmodel, tensors = insert_qdq(folded, plan, amax, cfg.precision, block_size=cfg.block_size,
+                                     opset=_opset(folded), importance=importance, quantized=weights)
+    else:
+        qmodel = folded
+    if codebooks or log_acts:
+        from trtq.plugins.onnx_face import insert_faces
+
+        qmodel = insert_faces(qmodel, codebooks, log_acts)
+        tensors.update(log_report)
     if fallback is not None and cfg.fallback_dtype == "fp16":
         qmodel = cast_to_fp16(qmodel, fallback.kept_float)
     for name, entry in tensors.items():
-        if entry["kind"] == "activation":
+        if entry["kind"] == "activation" and name in calib_report:
             entry.update(calib_report[name])
     report = _report(cfg, source, plan, tensors, calib_report)
     report["passes"] = pass_reports
@@ -168,6 +185,33 @@ def _select(model: onnx.ModelProto, calib_data: Any, cfg: QuantConfig, progress:
     from trtq.calibrators.select import run_selection
 
     return run_selection(model, calib_data, cfg.select, progress=progress)
+
+
+def _plan_weights(model: onnx.ModelProto, cfg: QuantConfig) -> tuple[QuantPlan, Any]:
+    """The plan, and for codebook weight formats the `trtq.plugins.apply.CodebookPlan` behind it."""
+    if not cfg.codebook_weights:
+        return _plan(model, cfg), None
+    from trtq.plugins.apply import plan_codebook
+
+    cp = plan_codebook(model, cfg.exclude)
+    if not cp.sites:
+        raise TrtqError(f"the model has no constant MatMul/Gemm/Conv weight for --weight-format {cfg.weight_format}"
+                        + (f" ({len(cp.plan.skipped)} excluded or skipped)." if cp.plan.skipped else "."),
+                        "check --exclude, or quantize a model that has convolutions or matrix multiplications.")
+    return cp.plan, cp
+
+
+def _log_activations(model: onnx.ModelProto, plan: QuantPlan, batches: BatchStream | None,
+                     cfg: QuantConfig) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """`cfg.act_quant`'s tensors with their log quantizers; they leave the plan's uniform Q/DQ."""
+    if cfg.act_quant is None:
+        return {}, {}
+    from trtq.plugins.apply import fit_log_activations
+
+    chosen, report = fit_log_activations(model, cfg.act_quant, batches, cfg.seed)
+    for name in chosen:
+        plan.activations.pop(name, None)
+    return chosen, report
 
 
 def _plan(model: onnx.ModelProto, cfg: QuantConfig) -> QuantPlan:
@@ -317,7 +361,8 @@ def _prepare(model: onnx.ModelProto, cfg: QuantConfig) -> onnx.ModelProto:
                 name += "_"
             node.name = name
             used.add(name)
-    target = max(cfg.opset or 0, MIN_OPSET[cfg.precision], _opset(model))
+    needed = MIN_OPSET_CODEBOOK if cfg.codebook_weights else MIN_OPSET[cfg.precision]
+    target = max(cfg.opset or 0, needed, _opset(model))
     if target != _opset(model):
         model = _convert_opset(model, target)
     return add_inferred_shapes(model)
@@ -386,6 +431,14 @@ def _run_check(model: onnx.ModelProto, cfg: QuantConfig) -> dict[str, Any]:
     return result.to_dict()
 
 
+def _codebook_bytes(tensors: dict[str, dict[str, Any]]) -> dict[str, int] | None:
+    """Stored and float32 bytes of the codebook-format weights (None when there are none)."""
+    entries = [t for t in tensors.values() if t["kind"] == "weight" and "format" in t]
+    if not entries:
+        return None
+    return {"stored": sum(t["bytes"] for t in entries), "float32": sum(t["float32_bytes"] for t in entries)}
+
+
 def _report(cfg: QuantConfig, source: dict[str, Any], plan: QuantPlan, tensors: dict[str, dict[str, Any]],
             calib: dict[str, dict[str, Any]]) -> dict[str, Any]:
     import onnxruntime
@@ -401,7 +454,10 @@ def _report(cfg: QuantConfig, source: dict[str, Any], plan: QuantPlan, tensors: 
         "summary": {
             "precision": cfg.precision,
             "quantized_nodes": len(plan.quantized_nodes),
-            "activation_qdq": sum(1 for t in tensors.values() if t["kind"] == "activation"),
+            "activation_qdq": sum(1 for t in tensors.values() if t["kind"] == "activation" and "quantizer" not in t),
+            "log_activations": sum(1 for t in tensors.values() if t.get("quantizer") == "log"),
+            "weight_format": cfg.weight_format if cfg.precision == "int4" else None,
+            "codebook_weight_bytes": _codebook_bytes(tensors),
             "weights_quantized": sum(1 for t in tensors.values() if t["kind"] == "weight"),
             "residual_adds_quantized": len(plan.residual_adds),
             "skipped_nodes": len(plan.skipped),

@@ -67,8 +67,8 @@ class WeightSite:
 class _Builder:
     """Appends nodes with prefixed, collision-free names to a graph."""
 
-    def __init__(self, graph: gs.Graph, prefix: str, taken: set[str]) -> None:
-        self.graph, self.prefix, self.taken = graph, prefix, taken
+    def __init__(self, graph: gs.Graph, prefix: str, taken: set[str], docs: dict[str, str]) -> None:
+        self.graph, self.prefix, self.taken, self.docs = graph, prefix, taken, docs
 
     def name(self, base: str) -> str:
         candidate, i = f"{self.prefix}/{base}", 1
@@ -85,8 +85,9 @@ class _Builder:
         self.graph.nodes.append(gs.Node(op, self.name(op), attrs=attrs, inputs=inputs, outputs=[out]))
         return out
 
-    def last_node(self) -> gs.Node:
-        return self.graph.nodes[-1]
+    def describe_last(self, doc: str) -> None:
+        """Set the doc_string of the last node added (onnx-graphsurgeon drops it: set after export)."""
+        self.docs[self.graph.nodes[-1].name] = doc
 
 
 def insert_faces(model: onnx.ModelProto, weights: Mapping[str, tuple[CodebookWeight, WeightSite]],
@@ -101,19 +102,22 @@ def insert_faces(model: onnx.ModelProto, weights: Mapping[str, tuple[CodebookWei
     tensors = graph.tensors()
     taken = set(tensors) | {n.name for n in graph.nodes}
     nodes = {n.name: n for n in graph.nodes}
+    docs: dict[str, str] = {}
     for name, (cw, site) in sorted(weights.items()):
         old = tensors[name]
-        new = _weight_face(_Builder(graph, f"trtq_codebook/{name}", taken), name, cw, site)
+        new = _weight_face(_Builder(graph, f"trtq_codebook/{name}", taken, docs), name, cw, site)
         for node in [n for n in list(old.outputs) if not n.name.startswith("trtq_codebook/")]:
             for i, t in enumerate(node.inputs):
                 if t is old:
                     node.inputs[i] = new
     for name, (params, consumers) in sorted(activations.items()):
-        new = _log_face(_Builder(graph, f"trtq_logquant/{name}", taken), tensors[name], params)
+        new = _log_face(_Builder(graph, f"trtq_logquant/{name}", taken, docs), tensors[name], params)
         for node_name, index in consumers:
             nodes[node_name].inputs[index] = new
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     out = gs.export_onnx(graph, do_type_check=False)
+    for node in out.graph.node:
+        node.doc_string = docs.get(node.name, node.doc_string)
     out.ir_version = model.ir_version
     out.producer_name, out.producer_version = model.producer_name, model.producer_version
     del out.metadata_props[:]
@@ -161,8 +165,8 @@ def _weight_face(b: _Builder, name: str, cw: CodebookWeight, site: WeightSite) -
     srow = b.op("Slice", [sflat, zero2, b.const("k_scales", np.array([k], i64)), b.const("axis1_s", np.array([1], i64))],
                 "scales_per_weight")
     wc = b.op("Mul", [levels, srow], f"{name}_codebook_dequantized", np.float32)
-    b.last_node().doc_string = _face_doc("CodebookDequantize", [codes.name, codebook.name, scales.name], wc.name,
-                                         {"bits": bits, "group_size": g, "k": k, "out_dtype": 1})
+    b.describe_last(_face_doc("CodebookDequantize", [codes.name, codebook.name, scales.name], wc.name,
+                                         {"bits": bits, "group_size": g, "k": k, "out_dtype": 1}))
     if site.op == "Conv":
         return b.op("Reshape", [wc, b.const("weight_shape", np.array(site.shape, i64))], f"{name}_dequantized",
                     np.float32)
@@ -190,6 +194,6 @@ def _log_face(b: _Builder, x: gs.Tensor, p: LogParams) -> gs.Variable:
     out = b.op("Where", [under, b.const("zero_value", f32(0)), v], f"{x.name}_logquant", f32)
     if p.shift:
         out = b.op("Sub", [out, b.const("unshift", f32(p.shift))], f"{x.name}_logquant_unshifted", f32)
-    b.last_node().doc_string = _face_doc("LogFakeQuantize", [x.name], out.name,
-                                         {"bits": p.bits, "scale": p.scale, "step": p.step, "shift": p.shift})
+    b.describe_last(_face_doc("LogFakeQuantize", [x.name], out.name,
+                                         {"bits": p.bits, "scale": p.scale, "step": p.step, "shift": p.shift}))
     return out

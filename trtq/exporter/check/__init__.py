@@ -4,7 +4,7 @@ The package: `graph` indexes the model once (producers, consumers, constants, ty
 `registry` holds the rules (`rule` registers a function under its id); one module per rule family
 registers its rules: `quantization` (the Q/DQ nodes themselves), `versions` (opset, target, TensorRT
 version, types under strong typing), `placement` (weighted ops, fusions, Tensor Cores), `attention`
-(fused MHA); `report` is what `check` returns.
+(fused MHA), `plugins` (trtq's non-uniform quantizers); `report` is what `check` returns.
 
 Each rule is one function in `RULES`; `check` runs them all, or the ids given in `rules=`. Sources:
 "anchors" = shared/reference/anchors-trt-modelopt.md (§2.1 hard rules, §2.3 placement recommendations and
@@ -51,6 +51,9 @@ small-conv              info     quantized Conv with < 16 channels (FP8 <= 16), 
 fp32-region             info     float32 compute outside Q/DQ, no fp16 Cast       strong typing
 target-trt              warning  orin + TensorRT 11 (AGX Orin, JetPack 7.2.2+)    anchors 4
                         error    thor + TensorRT 10.3 (JetPack 6 is Orin-only)
+nonuniform-face         warning  codebook weights / log activations in their      trtq.plugins
+                                 standard-ONNX face: folded to float weights,
+                                 float ops in TensorRT (no memory saving)
 
 Only the main graph is read (not If/Loop subgraphs or local functions); Q/DQ means the default-domain ops.
 """
@@ -66,7 +69,7 @@ import onnx
 from trtq._io import load_model
 from trtq.config import Target
 from trtq.errors import TrtqError
-from trtq.exporter.check import attention, placement, quantization, versions  # noqa: F401  (registers the rules)
+from trtq.exporter.check import attention, placement, plugins, quantization, versions  # noqa: F401  (registers the rules)
 from trtq.exporter.check.graph import Graph
 from trtq.exporter.check.registry import REGISTRY, Rule
 from trtq.exporter.check.report import SEVERITIES, CheckReport, Finding
