@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from trtq.config import (
+    ACT_QUANT_METHODS,
     CALIB_METHODS,
     FALLBACK_DTYPES,
     INT4_METHODS,
@@ -19,6 +20,8 @@ from trtq.config import (
     SELECT_METHODS,
     TARGETS,
     TRT_VERSIONS,
+    WEIGHT_FORMATS,
+    ActQuantConfig,
     CalibConfig,
     QuantConfig,
     SelectConfig,
@@ -51,6 +54,16 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--int4-method", default=QuantConfig.int4_method,
                    help=f"INT4 rounding with calibration data: {', '.join(INT4_METHODS)} (default "
                    f"{QuantConfig.int4_method}: GPTQ error feedback; rtn: round to nearest)")
+    p.add_argument("--weight-format", default=QuantConfig.weight_format, choices=WEIGHT_FORMATS,
+                   help="with --precision int4: int4 (uniform INT4 DequantizeLinear, default) or a codebook "
+                   "format of trtq.plugins: nf4, codebook4, codebook3 (learned), uniform4, uniform3; codebook "
+                   "formats also quantize Conv weights (groups of --block-size along K)")
+    p.add_argument("--act-quant", choices=ACT_QUANT_METHODS,
+                   help="logarithmic quantizer on chosen activations instead of uniform Q/DQ: log2, logsqrt2, "
+                   "adalog (default tensors: post-Softmax and post-GELU MatMul inputs)")
+    p.add_argument("--act-quant-bits", type=int, default=ActQuantConfig.bits, metavar="B",
+                   help="code width of --act-quant (default 8)")
+    p.add_argument("--act-quant-tensors", metavar="T1,T2", help="the tensors --act-quant quantizes")
     p.add_argument("--opset", type=int, help="output opset (default: the lowest the precision needs)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     p.add_argument("--passes", help="comma-separated graph passes to run before calibration "
@@ -242,6 +255,15 @@ def _passes(value: str | None) -> tuple[str, ...] | None:
     return () if names in ((), ("none",)) else names
 
 
+def _act_quant(args: argparse.Namespace) -> ActQuantConfig | None:
+    if args.act_quant is None:
+        if args.act_quant_tensors:
+            raise TrtqError("--act-quant-tensors needs --act-quant.", "add --act-quant log2|logsqrt2|adalog.")
+        return None
+    tensors = tuple(t.strip() for t in args.act_quant_tensors.split(",") if t.strip()) if args.act_quant_tensors else None
+    return ActQuantConfig(args.act_quant, bits=args.act_quant_bits, tensors=tensors)
+
+
 def _run_quantize(args: argparse.Namespace) -> int:
     from trtq.pipeline import quantize
 
@@ -262,6 +284,8 @@ def _run_quantize(args: argparse.Namespace) -> int:
         fallback_dtype=args.fallback_dtype,
         select=_select_config(args),
         int4_method=args.int4_method,
+        weight_format=args.weight_format,
+        act_quant=_act_quant(args),
     )
     if config.precision != "int4" and not args.calib_data:
         raise TrtqError(f"{config.precision.upper()} needs calibration data.", "pass --calib-data CALIB.npz.")
@@ -270,9 +294,15 @@ def _run_quantize(args: argparse.Namespace) -> int:
     _print_data_report(result.report.get("calibration_data"))
     _print_selection(result.report.get("selection"))
     s = result.report["summary"]
-    print(f"wrote {result.path} ({s['precision']}: {s['quantized_nodes']} ops quantized, "
+    fmt = f"/{s['weight_format']}" if s.get("weight_format") not in (None, "int4") else ""
+    print(f"wrote {result.path} ({s['precision']}{fmt}: {s['quantized_nodes']} ops quantized, "
           f"{s['activation_qdq']} activation Q/DQ, {s['weights_quantized']} weights, "
           f"{s['skipped_nodes']} skipped) in {result.seconds:.1f} s")
+    if s.get("codebook_weight_bytes"):
+        b = s["codebook_weight_bytes"]
+        print(f"codebook weights: {b['stored']} bytes stored ({b['float32']} as float32)")
+    if s["log_activations"]:
+        print(f"log-quantized activations: {s['log_activations']}")
     if s["tensors_with_nonfinite_excluded"]:
         print(f"non-finite values excluded from ranges: {s['tensors_with_nonfinite_excluded']}")
     if result.fallback is not None:
