@@ -112,3 +112,35 @@ def single_io_model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def convnext_block(seed: int = 0, channels: int = 32, size: int = 8) -> onnx.ModelProto:
+    """stem conv -> x; x -> depthwise conv -> 1x1 conv -> Relu -> 1x1 conv -> layer-scale Mul; Add(x, that).
+
+    The stem's output has two consumers (the depthwise conv and the residual Add), as in ConvNeXt.
+    """
+    rs = np.random.RandomState(seed)
+    c = channels
+    inits = [
+        _init("w0", rs.randn(c, 3, 1, 1) * 0.3), _init("b0", rs.randn(c) * 0.1),
+        _init("wd", rs.randn(c, 1, 3, 3) * 0.3), _init("bd", rs.randn(c) * 0.1),
+        _init("w1", rs.randn(2 * c, c, 1, 1) * 0.2), _init("b1", rs.randn(2 * c) * 0.1),
+        _init("w2", rs.randn(c, 2 * c, 1, 1) * 0.2), _init("b2", rs.randn(c) * 0.1),
+        _init("gamma", np.full((c, 1, 1), 0.1)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "w0", "b0"], ["x"], name="stem"),
+        helper.make_node("Conv", ["x", "wd", "bd"], ["d"], name="dwconv", pads=[1, 1, 1, 1], group=c),
+        helper.make_node("Conv", ["d", "w1", "b1"], ["p1"], name="pwconv1"),
+        helper.make_node("Relu", ["p1"], ["a"], name="act"),
+        helper.make_node("Conv", ["a", "w2", "b2"], ["p2"], name="pwconv2"),
+        helper.make_node("Mul", ["p2", "gamma"], ["s"], name="layer_scale"),
+        helper.make_node("Add", ["x", "s"], ["y"], name="residual"),
+    ]
+    graph = helper.make_graph(
+        nodes, "convnext_block",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", c, size, size])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

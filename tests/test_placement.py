@@ -80,3 +80,16 @@ def test_online_rotation_matmuls_stay_in_float():
     plan = plan_quantization(_infer(helper.make_model(g)), "int8")
     assert plan.quantized_nodes == ["down"] and list(plan.activations) == ["xr"]
     assert plan.skipped[0]["node"] == "trtq_rotation/down/dense"
+
+
+def test_placement_and_check_agree_on_a_convnext_block():
+    """A conv output read by the next conv and by a residual Add: no fusion exists, neither side asks for one."""
+    import trtq
+
+    model = graphs.convnext_block()
+    data = {"input": np.random.RandomState(0).randn(4, 3, 8, 8).astype(np.float32)}
+    for precision in ("int8", "fp8"):
+        result = trtq.quantize(model, data, precision=precision, progress=False)
+        assert result.report["residual_adds"] == []
+        findings = trtq.check(result.model).findings
+        assert [f for f in findings if f.severity != "info"] == [], precision

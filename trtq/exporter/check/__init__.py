@@ -37,10 +37,10 @@ q-consumer              error    a Q output read by anything but a DQ           
 dq-input                error    a DQ reading neither a Q nor a constant          operators.md
 partial-quant           warning  a weighted op with some, not all, inputs         placement rec. 1
                                  quantized (bias excluded; INT4 W4A16 is fine)
-output-quantized        warning  Q on a weighted op's output that feeds an        placement rec. 2, 3
+output-quantized        warning  Q on a weighted op's output whose DQ feeds an    placement rec. 2, 3
                                  activation (Relu, Clip, SiLU Mul, ...) or Add
-residual-input          warning  Add after a quantized Conv whose other           placement rec. 4
-                                 input is not dequantized
+residual-input          warning  Add after a quantized Conv (read by the Add      placement rec. 4
+                                 only) whose other input is not dequantized
 mha-softmax-qdq         warning  Q/DQ on Softmax's input or on the mask/scale     MHA fusion; ModelOpt
                                  ops between attention MatMul and Softmax
 mha-int8-placement      info     INT8 attention lacking Q/DQ before BMM1, after   MHA fusion

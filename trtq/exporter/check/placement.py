@@ -30,11 +30,13 @@ def _partial_quant(g: Graph) -> Iterator[Hit]:
 
 @rule("output-quantized", "warning", "no Q/DQ between a weighted op and its activation or add")
 def _output_quantized(g: Graph) -> Iterator[Hit]:
-    fix = "remove this Q/DQ pair; quantize the input of the next weighted op instead."
+    fix = "remove this Q/DQ pair; quantize the output of the activation / add instead."
     for i in g.nodes_of(*WEIGHTED):
         users = g.consumers.get(g.nodes[i].output[0], [])
         for q in (c for c in users if g.op(c) == Q):
-            after = [c for c in users if g.op(c) != Q]
+            # only what reads this Q's DQ counts: a consumer reading the op's output directly cannot be fused
+            # into the op while another consumer needs the unfused output, Q/DQ or not (the planner's rule)
+            after = []
             for dq in g.consumers.get(g.nodes[q].output[0], []):
                 if g.op(dq) == DQ:  # an Add reading the DQ is fine when it is the residual of another conv
                     after += [c for c in g.consumers.get(g.nodes[dq].output[0], [])
@@ -61,6 +63,8 @@ def _residual_input(g: Graph) -> Iterator[Hit]:
         ):
             if g.op(conv) != "Conv" or any(g.dq_behind(t) is None for t in g.inputs(conv, 0, 1)):
                 continue
+            if len(g.consumers.get(g.nodes[conv].output[0], [])) > 1:
+                continue  # the conv's output is read elsewhere too: no conv + add fusion either way
             if g.is_const(other) or g.dq_behind(other) is not None:
                 continue
             message = (
