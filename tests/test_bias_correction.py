@@ -216,3 +216,23 @@ def test_efficientnet_lite0_int8_gains(effnet_fp32) -> None:
 
     plain, corrected = sqnr(()), sqnr(("biascorr",))
     assert corrected >= plain + 0.7, (plain, corrected)  # 18.3 -> 19.4 dB on these 16 + 16 photos
+
+
+def test_input_sums_are_exact_whatever_the_batching_and_order() -> None:
+    """`_ExactSum`: bit-identical for any row order and split, and within float64 rounding of the true sum."""
+    from trtq.exporter.passes.bias_correction import _ExactSum
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((64, 5)) * 10.0 ** rng.integers(-12, 9, (64, 5))).astype(np.float32)
+    x[3, 1], x[7, 2], x[9, 4] = np.nan, -3e30, np.inf  # excluded: count as 0
+    values = []
+    for order, split in ((np.arange(64), 64), (rng.permutation(64), 7), (rng.permutation(64), 1)):
+        acc = _ExactSum()
+        for start in range(0, 64, split):
+            acc.add(x[order[start:start + split]])
+        values.append(acc.value())
+        assert acc.count == 64
+    assert values[0].tobytes() == values[1].tobytes() == values[2].tobytes()
+    finite = np.where(np.abs(x) < 1e30, x, 0.0).astype(np.float64)
+    exact = np.array([sum(sorted(col, key=abs)) for col in finite.T])
+    np.testing.assert_allclose(values[0], exact, rtol=1e-12, atol=1e-13)

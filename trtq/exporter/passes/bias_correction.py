@@ -18,7 +18,9 @@ so that the quantized layer's mean output matches the FP32 one (DFQ §4.2, "empi
 - MatMul ``x·B`` (constant 2-D B): ``E[Δy_n] = Σ_k E[x_k]·ΔB[k, n]``; folded into the constant of the Add that
   follows it, or into a new Add.
 The statistics stream over the calibration data (sums only, memory bounded by the model); values at or
-above the mask sentinel are left out. Only biases change; a bias shared with another node is copied, never
+above the mask sentinel are left out. The sums are exact: each value is rounded to a multiple of 2^-40
+(about 9.1e-13) and summed as integers (`_ExactSum`), so the corrected biases, like the ranges, depend
+neither on the batch size nor on the order of the samples (a float sum would: 1 ulp of a bias, seen). Only biases change; a bias shared with another node is copied, never
 changed in place. Layers left alone (INT4, ConvTranspose, a constant activation input, ...) are reported
 with the reason.
 """
@@ -162,7 +164,7 @@ def _collect_input_stats(model: onnx.ModelProto, targets: list[_Target], ctx: An
     names = sorted({t.input_name for t in targets} - inputs)
     session = make_session(model, outputs=names)
     readers = {(t.input_name, _layout(t)) for t in targets}
-    acc: dict[tuple[str, str], dict[tuple[int, ...], list[Any]]] = {key: {} for key in readers}
+    acc: dict[tuple[str, str], dict[tuple[int, ...], _ExactSum]] = {key: {} for key in readers}
     samples = 0
     for batch in ctx.require_data(PASS_NAME):
         values = dict(zip(names, session.run(names, batch))) if names else {}
@@ -176,7 +178,9 @@ def _collect_input_stats(model: onnx.ModelProto, targets: list[_Target], ctx: An
             _accumulate(acc[(name, layout)], x)
         samples += len(next(iter(batch.values())))
     for target in targets:
-        for total, count in acc[(target.input_name, _layout(target))].values():
+        sums = acc[(target.input_name, _layout(target))]
+        for shape in sorted(sums):  # a fixed order: the input sizes seen, whatever order they came in
+            total, count = sums[shape].value(), sums[shape].count
             positions = 1.0
             if target.node.op == "Conv":
                 total, positions = _conv_tap_sums(target.node, target.weight.shape, total)
@@ -192,16 +196,106 @@ def _layout(target: _Target) -> str:
     return "transposed" if target.node.op == "Gemm" and target.node.attrs.get("transA", 0) else "rows"
 
 
-def _accumulate(acc: dict[tuple[int, ...], list[Any]], x: np.ndarray) -> None:
+def _accumulate(acc: dict[tuple[int, ...], _ExactSum], x: np.ndarray) -> None:
     """Add ``Σ_rows x`` (sentinel and non-finite values as 0) and the row count to ``acc[row shape]``."""
-    total = x.sum(axis=0)
-    if total.size and not (total.max() < SENTINEL and total.min() > -SENTINEL):  # also False for nan
-        total = np.where(np.abs(x) < SENTINEL, x, 0.0).sum(axis=0)
-    if x.shape[1:] not in acc:
-        acc[x.shape[1:]] = [np.zeros(x.shape[1:]), 0]
-    entry = acc[x.shape[1:]]
-    np.add(entry[0], total, out=entry[0])
-    entry[1] += x.shape[0]
+    acc.setdefault(x.shape[1:], _ExactSum()).add(x)
+
+
+class _ExactSum:
+    """Σ over rows of arrays of one shape, exact, so independent of row order and batching.
+
+    Each value is rounded to the nearest multiple of 2^-40 (values at or above the mask sentinel, and
+    non-finite ones, count as 0): an integer below 2^140. Integers add exactly. Values below 2^22 in
+    magnitude (all but extreme activations) are summed in one int64 array, moved into the limbs before it
+    could overflow: about 3x the cost of a float sum. Larger ones are split into 32-bit limbs at once. The
+    total is held in six limbs ``Σ_k L_k·2^(32k)``, every one but the top one in [0, 2^32) once carried:
+    a unique form of the exact sum, which `value` turns into float64 by a fixed formula.
+    """
+
+    _QUANTUM = 40  # values are summed as multiples of 2^-40
+    _BITS = 32
+    _LIMBS = 6  # 2^191 > 2^31 rows of values below 2^140
+    _CARRY_ROWS = 1 << 29  # a low limb gains < 2^32 per row: int64 holds 2^31 rows of them
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._limbs: np.ndarray | None = None  # [LIMBS, shape...] int64
+        self._small: np.ndarray | None = None  # int64 sum of the small batches since the last flush
+        self._bound = 0.0  # a bound on |_small|
+        self._pending = 0  # rows added to the limbs since the last carry
+
+    def add(self, x: np.ndarray) -> None:
+        """Add the rows of x [rows, ...]."""
+        x = np.asarray(x)
+        high, low = (float(x.max()), float(x.min())) if x.size else (0.0, 0.0)
+        if not (high < SENTINEL and low > -SENTINEL):  # also true for nan
+            x = np.where(np.abs(x) < SENTINEL, x, 0.0)
+            high, low = (float(x.max()), float(x.min())) if x.size else (0.0, 0.0)
+        rows = x.shape[0]
+        self.count += rows
+        top = max(abs(high), abs(low)) * 2.0 ** self._QUANTUM + 1.0  # bound on a rounded value
+        if top < 2.0 ** 62:
+            if self._bound + rows * top >= 2.0 ** 63:
+                self._flush()
+            # scaling by a power of two is exact, in float32 too below 2^22 · 2^40
+            scaled = x * np.float32(2.0 ** self._QUANTUM) if x.dtype == np.float32 else \
+                x.astype(np.float64) * 2.0 ** self._QUANTUM
+            y = np.rint(scaled).astype(np.int64)
+            total = y[0] if rows == 1 else y.sum(axis=0)
+            self._small = total if self._small is None else np.add(self._small, total, out=self._small)
+            self._bound += rows * top
+            return
+        y = np.rint(x.astype(np.float64) * 2.0 ** self._QUANTUM)
+        self._wide(x.shape[1:])
+        for k in range(self._LIMBS - 1):
+            upper = np.floor(y * 2.0 ** -self._BITS)
+            self._limbs[k] += (y - upper * 2.0 ** self._BITS).astype(np.int64).sum(axis=0)
+            y = upper
+            if not y.any():
+                break
+        else:
+            self._limbs[-1] += y.astype(np.int64).sum(axis=0)
+        self._pending += rows
+        if self._pending >= self._CARRY_ROWS:
+            self._carry()
+
+    def _wide(self, shape: tuple[int, ...]) -> np.ndarray:
+        if self._limbs is None:
+            self._limbs = np.zeros((self._LIMBS,) + shape, np.int64)
+        return self._limbs
+
+    def _flush(self) -> None:
+        if self._small is not None:
+            self._wide(self._small.shape)
+            self._limbs[0] += self._small & ((1 << self._BITS) - 1)
+            self._limbs[1] += self._small >> self._BITS
+            self._small, self._bound = None, 0.0
+            self._pending += 1
+        self._carry()
+
+    def _carry(self) -> None:
+        for k in range(self._LIMBS - 1):
+            self._limbs[k + 1] += self._limbs[k] >> self._BITS
+            self._limbs[k] &= (1 << self._BITS) - 1
+        self._pending = 0
+
+    def value(self) -> np.ndarray:
+        """The sum as float64: a fixed function of the exact integer sum.
+
+        ``(…(L_5·2^32 + L_4)·2^32 + …)·2^32 + L_0``: its partial results are exact while below 2^53, so an
+        int64 sum never moved into the limbs gives the same float from its own two limbs.
+        """
+        if self._limbs is None:
+            if self._small is None:
+                return np.zeros(())
+            high = (self._small >> self._BITS).astype(np.float64)
+            low = self._small & ((1 << self._BITS) - 1)
+            return (high * 2.0 ** self._BITS + low) * 2.0 ** -self._QUANTUM
+        self._flush()
+        total = np.zeros(self._limbs.shape[1:])
+        for limb in self._limbs[::-1]:
+            total = total * 2.0 ** self._BITS + limb
+        return total * 2.0 ** -self._QUANTUM
 
 
 def _conv_tap_sums(node: gs.Node, w_shape: tuple[int, ...], total: np.ndarray) -> tuple[np.ndarray, float]:
