@@ -28,6 +28,7 @@ from trtq.config import (
     Target,
 )
 from trtq.errors import TrtqError
+from trtq.precision import DEFAULT_BLOCK_SIZE, TABLE
 
 __all__ = ["main"]
 
@@ -50,7 +51,8 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-samples", type=int, help="use at most this many calibration samples")
     p.add_argument("--exclude", action="append", default=[], metavar="REGEX",
                    help="keep nodes whose name matches REGEX in floating point (repeatable)")
-    p.add_argument("--block-size", type=int, default=128, help="INT4 block size (default 128)")
+    p.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE,
+                   help=f"INT4 block size (default {DEFAULT_BLOCK_SIZE})")
     p.add_argument("--int4-method", default=QuantConfig.int4_method,
                    help=f"INT4 rounding with calibration data: {', '.join(INT4_METHODS)} (default "
                    f"{QuantConfig.int4_method}: GPTQ error feedback; rtn: round to nearest)")
@@ -287,7 +289,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
         weight_format=args.weight_format,
         act_quant=_act_quant(args),
     )
-    if config.precision != "int4" and not args.calib_data:
+    if TABLE[config.precision].activations and not args.calib_data:
         raise TrtqError(f"{config.precision.upper()} needs calibration data.", "pass --calib-data CALIB.npz.")
     calib = _data_source(args.calib_data, args, args.seed, mix=True)
     result = quantize(args.model, calib, args.output, config=config, progress=not args.quiet)

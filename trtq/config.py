@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from trtq.errors import TrtqError
+from trtq.precision import DEFAULT_BLOCK_SIZE, PRECISIONS, TABLE
 from trtq.targets import TARGETS, TRT_VERSIONS, TargetSpec
 
 __all__ = [
@@ -30,7 +31,6 @@ __all__ = [
     "TargetSpec",
 ]
 
-PRECISIONS = ("int8", "fp8", "int4")
 CALIB_METHODS = ("minmax", "percentile", "entropy", "mse")
 # Chosen on bench/ (best on both real models there): see README "Calibration methods" for the figures.
 DEFAULT_CALIB_METHOD = "minmax"
@@ -259,7 +259,7 @@ class QuantConfig(_JsonConfig):
     calib: CalibConfig = field(default_factory=CalibConfig)
     exclude: tuple[str, ...] = ()
     seed: int = 0
-    block_size: int = 128
+    block_size: int = DEFAULT_BLOCK_SIZE
     opset: int | None = None
     target: Target | None = None
     check: bool = True
@@ -282,7 +282,7 @@ class QuantConfig(_JsonConfig):
                 f"{self.precision.upper()} cannot run on target {self.target.name!r} "
                 f"(SM {self.target.spec.sm}: {', '.join(self.target.spec.precisions)}).",
                 "choose --precision int8 (or int4 weight-only), or a target that runs it "
-                "(fp8: ada, hopper, blackwell, thor).",
+                f"({self.precision}: {', '.join(TABLE[self.precision].targets)}).",
             )
         self._validate_fallback()
         _choice(self.int4_method, INT4_METHODS, "INT4 method", "--int4-method")

@@ -28,6 +28,7 @@ from trtq.exporter.passes import PassContext, get_pass, resolve_passes
 from trtq.exporter.placement import QuantPlan, WeightSlot, plan_quantization
 from trtq.exporter.qdq import insert_qdq
 from trtq.exporter.weights import QuantizedWeight
+from trtq.precision import TABLE, opset_of
 from trtq.sensitivity import FallbackResult, cast_to_fp16, sensitivity_fallback
 
 if TYPE_CHECKING:
@@ -37,8 +38,6 @@ __all__ = ["QuantizeResult", "calibrate", "quantize"]
 
 logger = logging.getLogger(__name__)
 
-# The lowest opset each precision needs: per-channel DQ (13), FP8 (19), INT4 with block_size (21).
-MIN_OPSET = {"int8": 13, "fp8": 19, "int4": 21}
 MIN_OPSET_CODEBOOK = 13  # the codebook face's ReduceSum with axes as an input
 
 
@@ -158,7 +157,7 @@ def _open_data(model: onnx.ModelProto, calib_data: Any, cfg: QuantConfig,
     selection = _select(model, calib_data, cfg, progress)
     if selection is not None:
         calib_data = selection.source(cfg.calib.batch_size)
-    if calib_data is None and cfg.precision == "int4":
+    if calib_data is None and not TABLE[cfg.precision].activations:
         return selection, None
     try:
         return selection, open_batches(calib_data, model, batch_size=cfg.calib.batch_size,
@@ -219,7 +218,7 @@ def _plan(model: onnx.ModelProto, cfg: QuantConfig) -> QuantPlan:
     if plan.empty:
         raise TrtqError(
             f"the model has no quantizable op for {cfg.precision.upper()} (Conv/ConvTranspose/Gemm/MatMul"
-            + (" with constant weights whose K is a multiple of the block size" if cfg.precision == "int4" else "")
+            + (" with constant weights whose K is a multiple of the block size" if TABLE[cfg.precision].blockwise else "")
             + (f"; {len(plan.skipped)} excluded or skipped" if plan.skipped else "") + ").",
             "check --exclude, or quantize a model that has convolutions or matrix multiplications.",
         )
@@ -278,11 +277,11 @@ def calibrate(
         tensor name -> {"method", "amax", "scale", "samples", "excluded_nonfinite", "min", "max", ...}
         for every activation tensor TensorRT's placement rules quantize.
     """
-    from trtq.exporter.qdq import QMAX
-
     cfg = _resolve_config(config, precision, calib_method, exclude, None, None)
-    if cfg.precision == "int4":
-        raise TrtqError("INT4 is weight-only: it has no activation ranges to calibrate.", "use int8 or fp8.")
+    spec = TABLE[cfg.precision]
+    if not spec.activations:
+        raise TrtqError(f"{spec.name.upper()} is weight-only: it has no activation ranges to calibrate.",
+                        "use int8 or fp8.")
     fp32, _ = _load_input(model, example_inputs, None)
     fp32 = _prepare(fp32, cfg)
     selection, batches = _open_data(fp32, calib_data, cfg, progress)
@@ -292,7 +291,7 @@ def calibrate(
         report, amax = _calibrate(fp32, plan, batches, cfg, progress)
     finally:
         _close_data(selection, batches)
-    return {n: {**report[n], "amax": amax[n], "scale": amax[n] / QMAX[cfg.precision]} for n in sorted(report)}
+    return {n: {**report[n], "amax": amax[n], "scale": amax[n] / spec.qmax} for n in sorted(report)}
 
 
 def _resolve_config(config: QuantConfig | None, precision: str | None, calib_method: str | None,
@@ -361,7 +360,7 @@ def _prepare(model: onnx.ModelProto, cfg: QuantConfig) -> onnx.ModelProto:
                 name += "_"
             node.name = name
             used.add(name)
-    needed = MIN_OPSET_CODEBOOK if cfg.codebook_weights else MIN_OPSET[cfg.precision]
+    needed = MIN_OPSET_CODEBOOK if cfg.codebook_weights else TABLE[cfg.precision].min_opset
     target = max(cfg.opset or 0, needed, _opset(model))
     if target != _opset(model):
         model = _convert_opset(model, target)
@@ -369,7 +368,7 @@ def _prepare(model: onnx.ModelProto, cfg: QuantConfig) -> onnx.ModelProto:
 
 
 def _opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return opset_of(model) or 0
 
 
 def _convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:

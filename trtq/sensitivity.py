@@ -43,6 +43,7 @@ from trtq.evaluate import _ErrorSums, _pair
 from trtq.exporter.placement import WEIGHTED_OPS, QuantPlan, WeightSlot
 from trtq.exporter.qdq import insert_qdq
 from trtq.exporter.weights import QuantizedWeight
+from trtq.precision import DEFAULT_BLOCK_SIZE
 
 __all__ = [
     "DEFAULT_MAX_TRIALS",
@@ -187,7 +188,7 @@ def sensitivity_fallback(
     target_sqnr: float | None = None,
     samples: int = DEFAULT_SAMPLES,
     max_trials: int = DEFAULT_MAX_TRIALS,
-    block_size: int = 128,
+    block_size: int = DEFAULT_BLOCK_SIZE,
     importance: Mapping[str, np.ndarray] | None = None,
     quantized: dict[WeightSlot, QuantizedWeight] | None = None,
     progress: bool = True,

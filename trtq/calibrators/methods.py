@@ -14,24 +14,19 @@ FP8 E4M3 `s = amax/448`. Histograms hold |x| over [0, amax_observed] in equal bi
 
 from __future__ import annotations
 
-import ml_dtypes
 import numpy as np
 
 from trtq.calibrators.stats import TensorStats
+from trtq.precision import TABLE
 
-__all__ = ["FP8_MAX", "INT8_MAX", "compute_amax", "entropy_amax", "fake_quant", "mse_amax", "percentile_amax"]
-
-INT8_MAX = 127.0
-FP8_MAX = 448.0
+__all__ = ["compute_amax", "entropy_amax", "fake_quant", "mse_amax", "percentile_amax"]
 
 
 def fake_quant(x: np.ndarray, amax: float | np.ndarray, precision: str) -> np.ndarray:
     """Quantize-dequantize `x` with the symmetric scale built from `amax` (float64 in, float64 out)."""
     amax = np.maximum(amax, 1e-30)
-    if precision == "fp8":
-        scaled = np.clip(x * (FP8_MAX / amax), -FP8_MAX, FP8_MAX)
-        return scaled.astype(ml_dtypes.float8_e4m3fn).astype(np.float64) * (amax / FP8_MAX)
-    return np.clip(np.rint(x * (INT8_MAX / amax)), -INT8_MAX, INT8_MAX) * (amax / INT8_MAX)
+    spec = TABLE[precision]
+    return spec.grid(x * (spec.qmax / amax)) * (amax / spec.qmax)
 
 
 def percentile_amax(hist: np.ndarray, edges: np.ndarray, percentile: float) -> float:

@@ -55,15 +55,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 from trtq.errors import TrtqError
 from trtq.exporter.weights import QuantizedWeight, quantize_int4_blockwise
+from trtq.precision import TABLE
 
 __all__ = ["GptqOptions", "gptq_int4_blockwise", "gptq_round", "proxy_error"]
 
 _MAX_RETRIES = 4
+_INT4 = TABLE["int4"]
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def gptq_int4_blockwise(w: np.ndarray, block_axis: int, block_size: int, hessian
         "gptq_dead_channels": int(np.count_nonzero(np.diag(h) == 0)),
         "proxy_error_rtn": err_rtn, "proxy_error_gptq": err_gptq, "gptq_kept": kept,
     }
-    return QuantizedWeight(np.ascontiguousarray(values).astype(ml_dtypes.int4), rtn.scale, rtn.amax,
+    return QuantizedWeight(np.ascontiguousarray(values).astype(_INT4.dtype), rtn.scale, rtn.amax,
                            rtn.clip_ratio, info)
 
 
@@ -128,7 +129,7 @@ def _gptq_codes(w: np.ndarray, row_scale: np.ndarray, hessian: np.ndarray,
     """INT4 codes of `w` [K, N] (float64 array of integers) and the damping λ used."""
 
     def round_row(k: int, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        codes = np.clip(np.rint(row / row_scale[k]), -8, 7)
+        codes = np.clip(np.rint(row / row_scale[k]), _INT4.qmin, _INT4.qmax)
         return codes, codes * row_scale[k]
 
     return gptq_round(w, hessian, options, round_row)

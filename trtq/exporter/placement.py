@@ -30,6 +30,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from trtq.precision import DEFAULT_BLOCK_SIZE, TABLE, Precision
+
 __all__ = ["ROTATION_MARKER", "QuantPlan", "WeightSlot", "plan_quantization", "WEIGHTED_OPS"]
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -72,8 +74,9 @@ class QuantPlan:
 
 
 def plan_quantization(model: onnx.ModelProto, precision: str, exclude: Sequence[str] = (),
-                      block_size: int = 128) -> QuantPlan:
-    """Decide every Q/DQ of `model` for `precision` (int8 | fp8 | int4) under TensorRT's rules."""
+                      block_size: int = DEFAULT_BLOCK_SIZE) -> QuantPlan:
+    """Decide every Q/DQ of `model` for `precision` (a `trtq.precision.PRECISIONS` name) under TensorRT's rules."""
+    spec = TABLE[precision]
     graph = gs.import_onnx(model)
     patterns = [re.compile(p) for p in exclude]
     plan = QuantPlan()
@@ -89,14 +92,14 @@ def plan_quantization(model: onnx.ModelProto, precision: str, exclude: Sequence[
         if any(p.search(name) for p in patterns):
             plan.skipped.append({"node": name, "op": node.op, "reason": "matched --exclude"})
             continue
-        reason = _fp8_conv_skip_reason(node) if precision == "fp8" else None
+        reason = _small_conv_skip_reason(node, spec) if spec.small_convs_float else None
         if reason:
             plan.skipped.append({"node": name, "op": node.op, "reason": reason})
             continue
-        planned = _plan_int4(node, name, block_size, plan) if precision == "int4" else _plan_weighted(node, name, plan)
+        planned = _plan_block(node, name, block_size, spec, plan) if spec.blockwise else _plan_weighted(node, name, plan)
         if planned:
             plan.quantized_nodes.append(name)
-    if precision != "int4":
+    if spec.activations:
         _plan_residuals(graph, names, set(plan.quantized_nodes), patterns, plan)
     return plan
 
@@ -141,8 +144,8 @@ def _weight_axis(node: gs.Node, index: int, rank: int) -> int | None:
     return None
 
 
-def _fp8_conv_skip_reason(node: gs.Node) -> str | None:
-    """Why an FP8 convolution stays in floating point (None: quantize it)."""
+def _small_conv_skip_reason(node: gs.Node, spec: Precision) -> str | None:
+    """Why a convolution stays in floating point in `spec` (FP8: few channels, large kernel), or None."""
     if node.op not in ("Conv", "ConvTranspose") or len(node.inputs) < 2:
         return None
     const = _constant(node.inputs[1])
@@ -153,10 +156,10 @@ def _fp8_conv_skip_reason(node: gs.Node) -> str | None:
     c_out, c_in = (shape[0], shape[1]) if node.op == "Conv" else (shape[1] * group, shape[0] // group)
     per_group = (c_in, c_out // group)
     if min(per_group) <= 16:
-        return f"FP8 conv with {per_group[0]} input / {per_group[1]} output channels per group (<= 16)"
+        return f"{spec.name.upper()} conv with {per_group[0]} input / {per_group[1]} output channels per group (<= 16)"
     volume = int(np.prod(shape[2:]))
     if volume > 32:
-        return f"FP8 conv with kernel volume {volume} (> 32)"
+        return f"{spec.name.upper()} conv with kernel volume {volume} (> 32)"
     return None
 
 
@@ -177,9 +180,11 @@ def _plan_weighted(node: gs.Node, name: str, plan: QuantPlan) -> bool:
     return planned
 
 
-def _plan_int4(node: gs.Node, name: str, block_size: int, plan: QuantPlan) -> bool:
-    if node.op not in ("MatMul", "Gemm"):
-        plan.skipped.append({"node": name, "op": node.op, "reason": "INT4 is weight-only on MatMul/Gemm"})
+def _plan_block(node: gs.Node, name: str, block_size: int, spec: Precision, plan: QuantPlan) -> bool:
+    """Block-wise weight-only quantization (INT4) of `node`'s constant 2-D weight."""
+    if node.op not in spec.weighted_ops:
+        plan.skipped.append({"node": name, "op": node.op,
+                             "reason": f"{spec.name.upper()} is weight-only on {'/'.join(spec.weighted_ops)}"})
         return False
     index = 1
     const = _constant(node.inputs[1]) if len(node.inputs) > 1 else None

@@ -22,11 +22,9 @@ import onnx_graphsurgeon as gs
 from trtq.exporter.gptq import gptq_int4_blockwise
 from trtq.exporter.placement import QuantPlan, WeightSlot
 from trtq.exporter.weights import QuantizedWeight, quantize_int4_blockwise, quantize_per_channel
+from trtq.precision import DEFAULT_BLOCK_SIZE, TABLE
 
-__all__ = ["QMAX", "insert_qdq"]
-
-QMAX = {"int8": 127.0, "fp8": 448.0}
-_ZERO = {"int8": np.zeros((), np.int8), "fp8": np.zeros((), ml_dtypes.float8_e4m3fn)}
+__all__ = ["insert_qdq"]
 
 
 def insert_qdq(
@@ -35,7 +33,7 @@ def insert_qdq(
     activation_amax: Mapping[str, float],
     precision: str,
     *,
-    block_size: int = 128,
+    block_size: int = DEFAULT_BLOCK_SIZE,
     opset: int,
     importance: Mapping[str, np.ndarray] | None = None,
     quantized: dict[WeightSlot, QuantizedWeight] | None = None,
@@ -100,10 +98,11 @@ class _Namer:
 
 
 def _activation_qdq(graph: gs.Graph, x: gs.Tensor, amax: float, precision: str, fresh: _Namer) -> gs.Variable:
+    spec = TABLE[precision]
     scale = gs.Constant(fresh(f"{x.name}_scale"),
-                        np.asarray(max(amax, np.finfo(np.float32).tiny) / QMAX[precision], dtype=np.float32))
-    zero = gs.Constant(fresh(f"{x.name}_zero_point"), _ZERO[precision])
-    q = gs.Variable(fresh(f"{x.name}_quantized"), dtype=_ZERO[precision].dtype, shape=x.shape)
+                        np.asarray(max(amax, np.finfo(np.float32).tiny) / spec.qmax, dtype=np.float32))
+    zero = gs.Constant(fresh(f"{x.name}_zero_point"), spec.zero_point())
+    q = gs.Variable(fresh(f"{x.name}_quantized"), dtype=spec.dtype, shape=x.shape)
     dq = gs.Variable(fresh(f"{x.name}_dequantized"), dtype=np.float32, shape=x.shape)
     graph.nodes.append(gs.Node("QuantizeLinear", fresh(f"{x.name}_QuantizeLinear"), inputs=[x, scale, zero],
                                outputs=[q]))
@@ -120,9 +119,9 @@ def _constant_values(tensor: gs.Tensor) -> np.ndarray:
 
 def _quantize_weight(w: np.ndarray, slot: WeightSlot, precision: str, block_size: int,
                      importance: np.ndarray | None) -> QuantizedWeight:
-    if precision == "int4" and importance is not None and np.ndim(importance) == 2:
+    if TABLE[precision].blockwise and importance is not None and np.ndim(importance) == 2:
         return gptq_int4_blockwise(w, slot.block_axis or 0, block_size, importance)
-    if precision == "int4":
+    if TABLE[precision].blockwise:
         return quantize_int4_blockwise(w, slot.block_axis or 0, block_size, importance)
     return quantize_per_channel(w, None if slot.axis < 0 else slot.axis, precision)
 
@@ -157,7 +156,7 @@ def _weight_report(slot: WeightSlot, qw: QuantizedWeight, shape: tuple[int, ...]
                    block_size: int, consumers: list[tuple[str, int]], *, aware: bool) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "kind": "weight",
-        "method": "max" if precision != "int4" else ("activation-weighted-mse-clip" if aware else "mse-clip"),
+        "method": "max" if not TABLE[precision].blockwise else ("activation-weighted-mse-clip" if aware else "mse-clip"),
         "shape": list(shape),
         "axis": None if slot.axis < 0 else slot.axis,
         "amax": np.round(qw.amax.astype(np.float64), 9).tolist(),

@@ -15,12 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import ml_dtypes
 import numpy as np
+
+from trtq.precision import TABLE
 
 __all__ = ["QuantizedWeight", "quantize_int4_blockwise", "quantize_per_channel"]
 
 _TINY = np.finfo(np.float32).tiny
+_INT4 = TABLE["int4"]
 INT4_CLIP_GRID = np.linspace(0.5, 1.0, 26)
 
 
@@ -57,14 +59,10 @@ def quantize_per_channel(w: np.ndarray, axis: int | None, precision: str) -> Qua
     """Symmetric per-channel (axis) or per-tensor (axis None) INT8 / FP8 quantization of `w`."""
     w64 = w.astype(np.float64)
     amax = _channel_amax(w64, axis)
-    qmax = 448.0 if precision == "fp8" else 127.0
-    scale = np.maximum(amax / qmax, _TINY).astype(np.float32)
+    spec = TABLE[precision]
+    scale = np.maximum(amax / spec.qmax, _TINY).astype(np.float32)
     scaled = w64 / _broadcast(scale.astype(np.float64), w.ndim, axis)
-    if precision == "fp8":
-        values = np.clip(scaled, -qmax, qmax).astype(ml_dtypes.float8_e4m3fn)
-    else:
-        values = np.clip(np.rint(scaled), -qmax, qmax).astype(np.int8)
-    return QuantizedWeight(values, scale, amax)
+    return QuantizedWeight(spec.quantize(scaled), scale, amax)
 
 
 def quantize_int4_blockwise(w: np.ndarray, block_axis: int, block_size: int,
@@ -87,14 +85,14 @@ def quantize_int4_blockwise(w: np.ndarray, block_axis: int, block_size: int,
     best_err = np.full(amax.shape, np.inf)
     best_ratio = np.ones(amax.shape)
     for ratio in INT4_CLIP_GRID:
-        s = np.maximum(amax * ratio / 7.0, _TINY)[:, None, :]
-        err = (imp * (np.clip(np.rint(blocks / s), -8, 7) * s - blocks) ** 2).sum(axis=1)
+        s = np.maximum(amax * ratio / _INT4.qmax, _TINY)[:, None, :]
+        err = (imp * (np.clip(np.rint(blocks / s), _INT4.qmin, _INT4.qmax) * s - blocks) ** 2).sum(axis=1)
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best_ratio = np.where(better, ratio, best_ratio)
-    scale = np.maximum(amax * best_ratio / 7.0, _TINY).astype(np.float32)
-    q = np.clip(np.rint(blocks / scale.astype(np.float64)[:, None, :]), -8, 7).reshape(k, n)
+    scale = np.maximum(amax * best_ratio / _INT4.qmax, _TINY).astype(np.float32)
+    q = np.clip(np.rint(blocks / scale.astype(np.float64)[:, None, :]), _INT4.qmin, _INT4.qmax).reshape(k, n)
     if block_axis == 1:
         q, scale, amax, best_ratio = q.T, scale.T, amax.T, best_ratio.T
-    return QuantizedWeight(np.ascontiguousarray(q).astype(ml_dtypes.int4), np.ascontiguousarray(scale),
+    return QuantizedWeight(np.ascontiguousarray(q).astype(_INT4.dtype), np.ascontiguousarray(scale),
                            amax, best_ratio)

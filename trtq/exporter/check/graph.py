@@ -13,12 +13,14 @@ from onnx import TensorProto, numpy_helper
 
 from trtq._shapes import inferred_graph
 from trtq.config import Target
+from trtq.precision import TABLE, opset_of
 
 __all__ = [
     "ACTIVATIONS",
     "BLOCK_ANY_TYPE_TRT",
     "COMMUTING",
     "CONVS",
+    "CONV_TYPES",
     "DATA_MOVEMENT",
     "DQ",
     "HALF_TYPES",
@@ -39,7 +41,6 @@ __all__ = [
     "T",
     "attr",
     "constant_value",
-    "default_opset",
     "granularity",
     "is_onnx",
     "type_name",
@@ -86,16 +87,19 @@ NOT_COMPUTE = frozenset({Q, DQ, *COMMUTING, *DATA_MOVEMENT, *NO_ARITHMETIC, *LOG
 T = TensorProto
 
 
-LEGAL = {T.INT8: "int8", T.FLOAT8E4M3FN: "fp8", T.INT4: "int4", T.FLOAT4E2M1: "fp4"}
+LEGAL = {p.onnx_type: name for name, p in TABLE.items()}  # the precision table's types
+
+
+CONV_TYPES = frozenset(p.onnx_type for p in TABLE.values() if p.convolutions)  # TensorRT runs convs in these
 
 
 OTHER_FP8 = frozenset({T.FLOAT8E4M3FNUZ, T.FLOAT8E5M2, T.FLOAT8E5M2FNUZ})
 
 
-TYPE_MIN_OPSET = {  # first opset whose QuantizeLinear / DequantizeLinear take the type
-    **dict.fromkeys((T.FLOAT8E4M3FN, *OTHER_FP8), 19),
-    **dict.fromkeys((T.INT4, T.UINT4, T.INT16, T.UINT16), 21),
-    T.FLOAT4E2M1: 23,
+TYPE_MIN_OPSET = {  # first opset whose QuantizeLinear / DequantizeLinear take the type (beyond opset 10)
+    **{p.onnx_type: p.type_opset for p in TABLE.values() if p.type_opset > 10},
+    **dict.fromkeys(OTHER_FP8, 19),
+    **dict.fromkeys((T.UINT4, T.INT16, T.UINT16), 21),
 }
 
 
@@ -135,7 +139,7 @@ class Graph:
         self.target = target
         self.trt = trt
         self.nodes = list(model.graph.node)
-        self.opset = default_opset(model)
+        self.opset = opset_of(model)
         self.producer: dict[str, int] = {}
         self.consumers: dict[str, list[int]] = {}
         self.constants: dict[str, TensorProto] = {t.name: t for t in model.graph.initializer}
@@ -299,11 +303,6 @@ class Graph:
 
 def is_onnx(node: onnx.NodeProto) -> bool:
     return node.domain in ("", "ai.onnx")
-
-
-def default_opset(model: onnx.ModelProto) -> int | None:
-    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
-    return max(versions) if versions else None
 
 
 def type_name(elem_type: int) -> str:

@@ -8,6 +8,7 @@ import numpy as np
 
 from trtq.exporter.check.graph import (
     BLOCK_ANY_TYPE_TRT,
+    CONV_TYPES,
     CONVS,
     DQ,
     HALF_TYPES,
@@ -179,7 +180,7 @@ def _conv_precision(g: Graph) -> Iterator[Hit]:
         for tensor in g.inputs(i, 0, 1):
             dq = g.dq_behind(tensor)
             qtype = g.qinfo[dq].qtype if dq is not None else None
-            if qtype is not None and qtype not in (T.INT8, T.FLOAT8E4M3FN):
+            if qtype is not None and qtype not in CONV_TYPES:
                 message = (
                     f"input '{tensor}' is dequantized from {type_name(qtype)}; TensorRT runs convolutions "
                     "only in INT8 or FP8."

@@ -39,6 +39,7 @@ from trtq.calibrators.stats import SENTINEL
 from trtq.exporter.passes.base import PassResult, graph_to_model, unique_name
 from trtq.exporter.placement import WeightSlot, _node_names, plan_quantization
 from trtq.exporter.weights import quantize_per_channel
+from trtq.precision import TABLE
 
 __all__ = ["bias_correction"]
 
@@ -83,7 +84,7 @@ def bias_correction(model: onnx.ModelProto, ctx: Any) -> PassResult:
     precision = ctx.config.precision
     report: dict[str, Any] = {"precision": precision, "input_mean": _MEAN_NOTE, "samples": 0, "layers": [],
                               "skipped": []}
-    if precision == "int4":
+    if TABLE[precision].blockwise:
         report["skipped"].append({"node": "*", "reason": _INT4_NOTE})
         return PassResult(model, report)
     graph = gs.import_onnx(model)

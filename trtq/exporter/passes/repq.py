@@ -42,6 +42,7 @@ from trtq.exporter.passes.channel_match import (
     trace_target,
 )
 from trtq.exporter.passes.context import PassContext
+from trtq.precision import TABLE
 
 __all__ = ["repq_reparameterize", "repq_scales"]
 
@@ -70,7 +71,7 @@ def repq_reparameterize(model: onnx.ModelProto, ctx: PassContext, *, shift: bool
     report: dict[str, Any] = {"precision": ctx.config.precision, "shift": shift,
                               "min_rows_per_channel": min_rows_per_channel, "reparameterized": [],
                               "skipped": []}
-    if ctx.config.precision == "int4":
+    if not TABLE[ctx.config.precision].activations:
         report["skipped"].append({"tensor": None, "reason": _INT4})
         return PassResult(model, report)
     graph = gs.import_onnx(model)

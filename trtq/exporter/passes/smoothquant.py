@@ -45,6 +45,7 @@ from trtq.exporter.passes.channel_fold import apply_fold
 from trtq.exporter.passes.channel_match import FoldTarget, Group, fill_shapes, find_groups, trace_target
 from trtq.exporter.passes.context import PassContext
 from trtq.exporter.weights import quantize_per_channel
+from trtq.precision import TABLE
 
 __all__ = ["ALPHAS", "search_alpha", "smoothing_scale", "smoothquant"]
 
@@ -78,7 +79,7 @@ def smoothquant(model: onnx.ModelProto, ctx: PassContext, *, alphas: tuple[float
     report: dict[str, Any] = {"precision": precision, "alphas": list(alphas), "rows": 0, "min_gain": min_gain,
                               "min_rows_per_channel": min_rows_per_channel, "smoothed": [], "skipped": [],
                               "alpha_counts": {}}
-    if precision == "int4":
+    if not TABLE[precision].activations:
         report["skipped"].append({"tensor": None, "reason": _INT4})
         return PassResult(model, report)
     graph = gs.import_onnx(model)
