@@ -14,6 +14,7 @@ from trtq.config import CalibConfig, QuantConfig, Target
 from trtq.errors import TrtqError
 
 if TYPE_CHECKING:
+    from trtq.engine import BuildConfig, BuildResult, build
     from trtq.evaluate import CompareReport, compare
     from trtq.exporter.check import CheckReport, check
     from trtq.exporter.torch_export import export
@@ -26,11 +27,14 @@ __all__ = [
     "quantize",
     "check",
     "compare",
+    "build",
     # configuration
+    "BuildConfig",
     "CalibConfig",
     "QuantConfig",
     "Target",
     # results and errors
+    "BuildResult",
     "CheckReport",
     "CompareReport",
     "QuantizeResult",
@@ -47,6 +51,9 @@ _LAZY = {
     "CheckReport": "trtq.exporter.check",
     "compare": "trtq.evaluate",
     "CompareReport": "trtq.evaluate",
+    "build": "trtq.engine",
+    "BuildConfig": "trtq.engine",
+    "BuildResult": "trtq.engine",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import tempfile
@@ -12,8 +13,17 @@ from pathlib import Path
 import onnx
 
 from trtq._shapes import tensor_types
+from trtq.errors import TrtqError
 
-__all__ = ["has_low_precision_types", "has_qdq", "make_session", "outputs_added"]
+__all__ = ["DEVICES", "current_providers", "has_low_precision_types", "has_qdq", "make_session", "outputs_added", "providers",
+           "session_device"]
+
+DEVICES = ("cuda", "cpu")
+GPU_FIX = ("install onnxruntime-gpu in place of onnxruntime: pip uninstall -y onnxruntime && pip install "
+           "'trtq[gpu]' (README: Installation), on a machine with CUDA; or pass --device cpu.")
+
+# The device `make_session` runs on when none is passed: set for a block by `session_device`.
+_DEVICE: contextvars.ContextVar[str | None] = contextvars.ContextVar("trtq_ort_device", default=None)
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +58,43 @@ def _zero_point_type(node: onnx.NodeProto, model: onnx.ModelProto) -> int | None
     return None
 
 
+def providers(device: str | None = None) -> list[str]:
+    """ONNX Runtime execution providers for `device` (cuda | cpu | None: cuda when available, else cpu).
+
+    "cuda" needs onnxruntime-gpu (its CUDAExecutionProvider); asked for explicitly without it, this
+    raises a TrtqError naming the package. CPU stays last in the list, so an op the CUDA provider
+    lacks runs on the CPU.
+    """
+    import onnxruntime as ort
+
+    if device is not None and device not in DEVICES:
+        raise TrtqError(f"unknown device {device!r}.", f"use --device with one of: {', '.join(DEVICES)}.")
+    available = ort.get_available_providers()
+    has_cuda = "CUDAExecutionProvider" in available
+    if device == "cuda" and not has_cuda:
+        raise TrtqError(f"onnxruntime {ort.__version__} has no CUDA execution provider (it has: {', '.join(available)}).",
+                        GPU_FIX)
+    if device == "cpu" or not has_cuda:
+        return ["CPUExecutionProvider"]
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def current_providers() -> list[str]:
+    """The providers `make_session` uses here now (the enclosing `session_device`, else the default)."""
+    return providers(_DEVICE.get())
+
+
+@contextlib.contextmanager
+def session_device(device: str | None) -> Iterator[list[str]]:
+    """Run every `make_session` of the block on `device` (validated now); yields the providers chosen."""
+    chosen = providers(device)
+    token = _DEVICE.set("cuda" if chosen[0] == "CUDAExecutionProvider" else "cpu")
+    try:
+        yield chosen
+    finally:
+        _DEVICE.reset(token)
+
+
 @contextlib.contextmanager
 def outputs_added(model: onnx.ModelProto, names: Sequence[str]) -> Iterator[onnx.ModelProto]:
     """`model` with the tensors `names` added as graph outputs for the block, restored afterwards.
@@ -74,8 +121,9 @@ def make_session(
     optimize: bool | None = None,
     threads: int | None = None,
     exact_qdq: bool | None = None,
+    device: str | None = None,
 ):
-    """An ORT CPU session for `model`, exposing `outputs` besides the graph outputs.
+    """An ORT session for `model`, exposing `outputs` besides the graph outputs.
 
     Args:
         model: the graph to run.
@@ -91,6 +139,8 @@ def make_session(
             fused INT8 CPU kernels are not what TensorRT runs, and on x86 CPUs without VNNI their
             u8s8 dot products saturate in int16: EfficientNet-Lite0 INT8 measured 3.1 dB that way
             against 18.3 dB exact (AMD EPYC, AVX2 only). Pass False to time ORT's own kernels.
+        device: cuda | cpu (None: the block's `session_device`, else cuda when onnxruntime-gpu's CUDA
+            execution provider is available, else cpu); see `providers`.
     """
     import onnxruntime as ort
 
@@ -108,12 +158,13 @@ def make_session(
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
     if threads:
         opts.intra_op_num_threads = threads
+    chosen = providers(device or _DEVICE.get())
     with outputs_added(model, outputs) as exposed:
         if exposed.ByteSize() < 2**31 - 1:
-            return ort.InferenceSession(exposed.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(exposed.SerializeToString(), opts, providers=chosen)
         with tempfile.TemporaryDirectory() as scratch:  # models over 2 GB need external data on disk
             path = Path(scratch) / "model.onnx"
             onnx.save_model(exposed, str(path), save_as_external_data=True, location="model.onnx.data")
             # save_model moved the weights out of `exposed`: load them back before it is restored
             onnx.load_external_data_for_model(exposed, scratch)
-            return ort.InferenceSession(os.fspath(path), opts, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(os.fspath(path), opts, providers=chosen)

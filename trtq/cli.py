@@ -85,6 +85,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fallback-dtype", default=QuantConfig.fallback_dtype,
                    help=f"precision of the layers kept in floating point: {', '.join(FALLBACK_DTYPES)} "
                    "(default fp32)")
+    _add_device_arg(p)
     p.add_argument("--no-check", action="store_true", help="write the output even if `trtq check` finds errors")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_quantize)
@@ -288,6 +289,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
         int4_method=args.int4_method,
         weight_format=args.weight_format,
         act_quant=_act_quant(args),
+        device=args.device,
     )
     if TABLE[config.precision].activations and not args.calib_data:
         raise TrtqError(f"{config.precision.upper()} needs calibration data.", "pass --calib-data CALIB.npz.")
@@ -335,7 +337,8 @@ def _run_check(args: argparse.Namespace) -> int:
 def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="fidelity of a quantized graph vs its FP32 original, per output and layer")
     p.add_argument("reference", help="FP32 .onnx")
-    p.add_argument("candidate", help="quantized .onnx")
+    p.add_argument("candidate", help="quantized .onnx, or a TensorRT .engine built from the reference or from a "
+                   "quantized ONNX of it (graph outputs only)")
     p.add_argument("--data", required=True, help=".npz of evaluation arrays keyed by input name, or a "
                    "folder of images (with --preprocess or --image-size)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -344,6 +347,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     _add_image_args(p)
     _add_degrade_args(p, calibration=False)
+    _add_device_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_compare)
 
@@ -357,13 +361,113 @@ def _run_compare(args: argparse.Namespace) -> int:
         per_set = compare_degraded(args.reference, args.candidate, data, names,
                                    levels=args.degrade_levels or "mild", seed=args.seed,
                                    batch_size=args.batch_size, max_samples=args.max_samples,
-                                   progress=not args.quiet)
+                                   progress=not args.quiet, device=args.device)
         print(json.dumps(per_set.to_dict(), indent=2) if args.json else per_set.format())
         return 0
     report = compare(args.reference, args.candidate, data, batch_size=args.batch_size,
-                     max_samples=args.max_samples)
+                     max_samples=args.max_samples, device=args.device)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format(top=args.top))
     return 0
+
+
+def _add_build(sub: argparse._SubParsersAction) -> None:
+    from trtq.engine import TOOLS
+
+    p = sub.add_parser("build", help="QDQ ONNX -> TensorRT engine on this GPU (+ MODEL.engine.json), or --print "
+                       "the trtexec / polygraphy command lines for the device")
+    p.add_argument("model", help=".onnx file")
+    p.add_argument("-o", "--output", help="engine file (default: MODEL.engine beside the model); the sidecar "
+                   "goes to OUTPUT.json")
+    p.add_argument("--target", help=f"device family: {', '.join(TARGETS)} (refuses a GPU of another compute "
+                   "capability; engines run only on the GPU model that built them)")
+    p.add_argument("--shapes", nargs="+", action="extend", default=[], metavar="NAME:MIN,OPT,MAX",
+                   help="optimization profile of an input with dynamic dimensions, e.g. "
+                   "images:1x3x224x224,8x3x224x224,32x3x224x224 (NAME:SHAPE for one fixed shape)")
+    p.add_argument("--workspace", type=float, metavar="GB", help="workspace memory-pool limit in GiB")
+    p.add_argument("--timing-cache", metavar="PATH", help="timing cache: read if present, updated after the build")
+    p.add_argument("--plugins", nargs="+", action="extend", default=[], metavar="LIB",
+                   help="plugin libraries (.so) or Python plugin modules (.py, tensorrt.plugin) the graph uses")
+    p.add_argument("--builder-opt-level", type=int, metavar="N", help="builder optimization level 0-5 (TensorRT: 3)")
+    p.add_argument("--dla-core", type=int, metavar="N", help="build for DLA core N (orin), GPU fallback on")
+    p.add_argument("--version-compatible", action="store_true",
+                   help="the engine runs on later TensorRT of the same major (plugin libraries serialized into it)")
+    p.add_argument("--weakly-typed", action="store_true",
+                   help="TensorRT 10.x only: weakly typed INT8+FP16 instead of strongly typed")
+    p.add_argument("--calib-cache", metavar="PATH", help="legacy INT8 calibration cache (trtq calib-cache) for "
+                   "implicit INT8 of an FP32 ONNX (TensorRT 10.x, weakly typed)")
+    p.add_argument("--print", dest="print_tool", choices=TOOLS,
+                   help="print the equivalent command lines instead of building (needs no TensorRT)")
+    p.add_argument("--trt", help=f"with --print: the TensorRT version of the machine that builds: "
+                   f"{', '.join(TRT_VERSIONS)} (default: the target's)")
+    p.set_defaults(func=_run_build)
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from trtq.engine import BuildConfig, build, command_lines, parse_shapes
+
+    config = BuildConfig(target=args.target, shapes=parse_shapes(args.shapes), workspace_gb=args.workspace,
+                         timing_cache=args.timing_cache, plugins=tuple(args.plugins),
+                         builder_opt_level=args.builder_opt_level, dla_core=args.dla_core,
+                         version_compatible=args.version_compatible, weakly_typed=args.weakly_typed,
+                         calib_cache=args.calib_cache)
+    output = args.output or str(Path(args.model).with_suffix(".engine"))
+    if args.print_tool:
+        print(command_lines(args.model, output, config, tool=args.print_tool, trt=args.trt), end="")
+        return 0
+    if args.trt is not None:
+        raise TrtqError("--trt applies to --print: a build uses the TensorRT installed here.",
+                        "drop --trt, or add --print trtexec to get the commands for that version.")
+    result = build(args.model, output, config)
+    r = result.report
+    counts = ", ".join(f"{k} {v}" for k, v in r["layer_output_precisions"].items()) or "none read"
+    print(f"wrote {result.path} (TensorRT {r['versions']['tensorrt']}, {r['decisions']['typing']}ly typed, "
+          f"{r['gpu']['name']} SM {r['gpu']['compute_capability']}) in {result.seconds:.1f} s")
+    print(f"layers by output precision: {counts}")
+    print(f"report: {result.report_path}")
+    return 0
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a TensorRT engine on data (Polygraphy TrtRunner)")
+    p.add_argument("engine", help=".engine file")
+    p.add_argument("--data", required=True, help=".npz of arrays keyed by input name, first axis = sample")
+    p.add_argument("-o", "--output", help="write the outputs to this .npz")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--max-samples", type=int)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_run_run)
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from trtq.engine import run
+
+    report = run(args.engine, args.data, output=args.output, batch_size=args.batch_size,
+                 max_samples=args.max_samples)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
+    return 0
+
+
+def _add_calib_cache(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calib-cache", help="INT8 scales of a quantize sidecar -> TensorRT calibration cache "
+                       "(implicit INT8 / DLA on TensorRT 10.x)")
+    p.add_argument("report", help="MODEL.trtq.json of an INT8 `trtq quantize`")
+    p.add_argument("-o", "--output", required=True, help="the cache file, e.g. calib.cache")
+    p.add_argument("--trt", default="10.3", help="TensorRT version that reads it, as in its header (default 10.3; "
+                   "e.g. 10.3.0, 10.16.1)")
+    p.set_defaults(func=_run_calib_cache)
+
+
+def _run_calib_cache(args: argparse.Namespace) -> int:
+    from trtq.engine import write_calib_cache
+
+    cache = write_calib_cache(args.report, args.output, trt=args.trt)
+    print(f"wrote {cache.path} ({cache.header}, {cache.tensors} tensors)")
+    return 0
+
+
+def _add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=("cuda", "cpu"),
+                   help="where ONNX Runtime runs (default: cuda when onnxruntime-gpu's CUDA provider is available)")
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -385,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trtq", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what each step does")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_quantize, _add_check, _add_compare, _add_demo):
+    for add in (_add_quantize, _add_check, _add_compare, _add_build, _add_run, _add_calib_cache, _add_demo):
         add(sub)
     return parser
 

@@ -253,6 +253,8 @@ class QuantConfig(_JsonConfig):
             trtq.plugins; also on Conv weights, groups of `block_size` along K, ragged last group).
         act_quant: logarithmic quantizers on chosen activations (None: none), in place of the uniform
             Q/DQ there.
+        device: where ONNX Runtime runs calibration, the passes and sensitivity: cuda | cpu (None: cuda
+            when onnxruntime-gpu's CUDA execution provider is available, else cpu; `trtq._ort.providers`).
     """
 
     precision: str = "int8"
@@ -272,6 +274,7 @@ class QuantConfig(_JsonConfig):
     int4_method: str = "gptq"
     weight_format: str = "int4"
     act_quant: ActQuantConfig | None = None
+    device: str | None = None
 
     def __post_init__(self) -> None:
         _choice(self.precision, PRECISIONS, "precision", "--precision")
@@ -287,6 +290,8 @@ class QuantConfig(_JsonConfig):
         self._validate_fallback()
         _choice(self.int4_method, INT4_METHODS, "INT4 method", "--int4-method")
         self._validate_formats()
+        if self.device is not None:
+            _choice(self.device, ("cuda", "cpu"), "device", "--device")
         import re
 
         for pattern in self.exclude:

@@ -14,9 +14,10 @@ import numpy as np
 import onnx
 
 from trtq._io import load_model, write_json
-from trtq._ort import make_session
+from trtq._ort import make_session, session_device
 from trtq._shapes import tensor_types
 from trtq.calibrators.data import Batch, BatchStream, InputSpec, model_inputs
+from trtq.engine.run import EngineRunner, is_engine
 from trtq.errors import TrtqError
 
 __all__ = [
@@ -136,6 +137,7 @@ def compare(
     batch_size: int = 8,
     max_samples: int | None = None,
     per_tensor: bool = True,
+    device: str | None = None,
 ) -> CompareReport:
     """Run both graphs in ONNX Runtime CPU on the same batches and measure how far the candidate strays.
 
@@ -156,6 +158,11 @@ def compare(
         max_samples: stop after this many samples (None: all).
         per_tensor: also measure every quantized activation (the candidate's Q/DQ pairs whose input
             tensor exists in the reference); weights are not part of this.
+        device: where ONNX Runtime runs the ONNX graphs: cuda | cpu (None: cuda when onnxruntime-gpu's
+            CUDA execution provider is available, see `trtq._ort.providers`).
+
+    A candidate path ending in .engine / .plan / .trt is a TensorRT engine: it runs through
+    Polygraphy's TrtRunner (`trtq.engine.run.EngineRunner`) and only the graph outputs are compared.
 
     Returns:
         A `CompareReport`; its `tensors` are sorted worst SQNR first.
@@ -165,12 +172,20 @@ def compare(
             does not match the inputs.
     """
     _check_counts(batch_size, max_samples)
-    ref, cand = _load(reference, "reference"), _load(candidate, "candidate")
-    inputs = _common_inputs(ref, cand)
-    outputs = _common_outputs(ref, cand)
-    probes = _find_probes(ref, cand) if per_tensor else []
-    ref_run = _Runner(ref, "reference", [p.name for p in probes])
-    cand_run = _Runner(cand, "candidate", [n for p in probes for n in (p.name, p.dequantized)])
+    with session_device(device):
+        ref = _load(reference, "reference")
+        if is_engine(candidate):  # a TensorRT engine: graph outputs only (an engine exposes no Q/DQ tensors)
+            cand_run: Any = EngineRunner(candidate)
+            inputs = [_merge_input(r, c) for r, c in _paired(model_inputs(ref), cand_run.inputs, "inputs")]
+            outputs = [r for r, _ in _paired([o.name for o in ref.graph.output], cand_run.outputs, "outputs")]
+            probes = []
+        else:
+            cand = _load(candidate, "candidate")
+            inputs = _common_inputs(ref, cand)
+            outputs = _common_outputs(ref, cand)
+            probes = _find_probes(ref, cand) if per_tensor else []
+            cand_run = _Runner(cand, "candidate", [n for p in probes for n in (p.name, p.dequantized)])
+        ref_run = _Runner(ref, "reference", [p.name for p in probes])
     acc = _Accumulator(outputs, probes)
     stream = BatchStream(data, inputs, batch_size=batch_size, max_samples=max_samples, what="evaluation")
     try:
@@ -178,6 +193,7 @@ def compare(
             acc.add(batch, ref_run(batch), cand_run(batch))
     finally:
         stream.close()
+        getattr(cand_run, "close", lambda: None)()
     report = acc.report()
     logger.info("compare: %d samples, %d outputs, %d quantized tensors", report.samples, len(outputs),
                 len(report.tensors))
@@ -220,11 +236,12 @@ def compare_degraded(
     max_samples: int | None = None,
     per_tensor: bool = False,
     progress: bool = True,
+    device: str | None = None,
 ) -> DegradedCompareReport:
     """`compare` on `data` clean and under each degradation alone: robustness, FP32 vs quantized.
 
     Args:
-        reference, candidate, batch_size, max_samples, per_tensor: as for `compare`.
+        reference, candidate, batch_size, max_samples, per_tensor, device: as for `compare`.
         data: an image source (`trtq.calibrators.images.ImageFolder` or `ImageList`): degradations
             apply to pixels before the source's preprocessing.
         degradations: names (or name:level) from `trtq.calibrators.degrade.DEGRADATIONS`.
@@ -241,12 +258,13 @@ def compare_degraded(
 
     from trtq.calibrators.degrade import evaluation_sets
 
-    ref, cand = _load(reference, "reference"), _load(candidate, "candidate")
+    ref = _load(reference, "reference")
+    cand = candidate if is_engine(candidate) else _load(candidate, "candidate")
     sets = evaluation_sets(data, tuple(degradations), levels=levels, seed=seed)
     reports = {}
     for name, source in tqdm(sets.items(), desc="compare per degradation", unit="set", disable=not progress):
         reports[name] = compare(ref, cand, source, batch_size=batch_size, max_samples=max_samples,
-                                per_tensor=per_tensor)
+                                per_tensor=per_tensor, device=device)
     return DegradedCompareReport(reports)
 
 
@@ -281,6 +299,18 @@ def _common_inputs(ref: onnx.ModelProto, cand: onnx.ModelProto) -> list[InputSpe
             _SAME_MODEL_FIX,
         )
     return [_merge_input(r[name], c[name]) for name in r]
+
+
+def _paired(ref: list[Any], cand: list[Any], what: str) -> list[tuple[Any, Any]]:
+    """Reference and engine items (InputSpecs or names) matched by name; TrtqError when the sets differ."""
+    def key(x: Any) -> str:
+        return x if isinstance(x, str) else x.name
+
+    by_name = {key(c): c for c in cand}
+    if {key(r) for r in ref} != set(by_name):
+        raise TrtqError(f"the ONNX model and the engine have different {what}: ONNX {sorted(key(r) for r in ref)}, "
+                        f"engine {sorted(by_name)}.", "compare an engine with the ONNX it was built from.")
+    return [(r, by_name[key(r)]) for r in ref]
 
 
 def _merge_input(a: InputSpec, b: InputSpec) -> InputSpec:

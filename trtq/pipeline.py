@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from trtq import _io
+from trtq._ort import current_providers, session_device
 from trtq._shapes import add_inferred_shapes
 from trtq._version import __version__
 from trtq.calibrators.data import BatchStream, open_batches
@@ -93,6 +94,12 @@ def quantize(
         QuantizeResult with the model, the report dict, and the written paths.
     """
     cfg = _resolve_config(config, precision, calib_method, exclude, seed, target)
+    with session_device(cfg.device):  # every ORT session of the run: calibration, passes, sensitivity
+        return _quantize(model, calib_data, output, cfg, example_inputs, progress)
+
+
+def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None, cfg: QuantConfig,
+              example_inputs: Any, progress: bool) -> QuantizeResult:
     started = time.perf_counter()
     fp32, source = _load_input(model, example_inputs, output)
     fp32 = _prepare(fp32, cfg)
@@ -286,9 +293,10 @@ def calibrate(
     fp32 = _prepare(fp32, cfg)
     selection, batches = _open_data(fp32, calib_data, cfg, progress)
     try:
-        fp32, _, _ = _run_passes(fp32, cfg, batches, progress)
-        plan = _plan(fp32, cfg)
-        report, amax = _calibrate(fp32, plan, batches, cfg, progress)
+        with session_device(cfg.device):
+            fp32, _, _ = _run_passes(fp32, cfg, batches, progress)
+            plan = _plan(fp32, cfg)
+            report, amax = _calibrate(fp32, plan, batches, cfg, progress)
     finally:
         _close_data(selection, batches)
     return {n: {**report[n], "amax": amax[n], "scale": amax[n] / spec.qmax} for n in sorted(report)}
@@ -448,6 +456,7 @@ def _report(cfg: QuantConfig, source: dict[str, Any], plan: QuantPlan, tensors: 
         "trtq_report_version": 1,
         "versions": {"trtq": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                      "numpy": np.__version__, "python": platform.python_version()},
+        "onnxruntime_providers": current_providers(),
         "input": source,
         "config": cfg.to_dict(),
         "summary": {
