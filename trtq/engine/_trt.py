@@ -91,9 +91,9 @@ def resolve(trt: Any, decisions: Decisions) -> Resolved:
     return Resolved(flags, builder, member("MemoryPoolType", "WORKSPACE"), tuple(names))
 
 
-def _load_plugins(trt: Any, poly: Any, config: BuildConfig, decisions: Decisions) -> None:
+def _load_plugins(make: Make, poly: Any, config: BuildConfig, decisions: Decisions) -> None:
     if decisions.serialize_plugins:  # registered with the registry, so the builder can serialize them
-        registry = trt.get_plugin_registry()
+        registry = make("get_plugin_registry")
         for path in config.libraries:
             if registry.load_library(str(path)) is None:
                 raise TrtqError(f"TensorRT cannot load the plugin library {path}.",
@@ -155,7 +155,7 @@ def build_serialized(trt: Any, poly: Any, model: Path, config: BuildConfig, deci
 
     log = trt_util.get_trt_logger()
     trt.init_libnvinfer_plugins(log, "")
-    _load_plugins(trt, poly, config, decisions)
+    _load_plugins(make, poly, config, decisions)
     network_tuple = _parse(trt, make, model, resolved.network_flags, log)
     profiles = None
     if config.shapes:
