@@ -225,3 +225,13 @@ def test_build_run_compare_on_gpu(real_tensorrt, conv_model, conv_calib, tmp_pat
     assert ran.samples == 8 and np.load(tmp_path / "out.npz")["logits"].shape[0] == 8
     fidelity = compare(conv_model, result.path, tmp_path / "eval.npz", batch_size=4)
     assert fidelity.outputs[0].cosine > 0.99 and fidelity.tensors == []
+
+
+def test_engine_package_imports_without_tensorrt_or_polygraphy():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfor name in ('tensorrt', 'polygraphy'):\n    sys.modules[name] = None\n"
+            "import trtq.engine, trtq.evaluate, trtq.cli\nprint(trtq.build)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
