@@ -28,6 +28,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from trtq import metrics
+
 OPT_LEVELS = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
 
 
@@ -68,13 +70,6 @@ def paired_latency_ms(sessions: list[ort.InferenceSession], feed: dict[str, np.n
     return [statistics.median(t) for t in times]
 
 
-def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
-    noise = np.sum((ref.astype(np.float64) - test) ** 2)
-    if not np.isfinite(noise):
-        return float("nan")
-    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / noise))
-
-
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     m = mask[..., None].astype(np.float64)
     return (hidden * m).sum(1) / np.clip(m.sum(1), 1e-9, None)
@@ -82,10 +77,10 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def fidelity(model: str, ref: np.ndarray, out: np.ndarray, data: dict[str, np.ndarray]) -> dict:
     if model == "effnet":
-        return {"sqnr_db": sqnr_db(ref, out), "top1_agree": float(np.mean(ref.argmax(1) == out.argmax(1)))}
+        return {"sqnr_db": metrics.sqnr_db(ref, out), "top1_agree": metrics.top1_agreement(ref, out)}
     a, b = mean_pool(ref, data["attention_mask"]), mean_pool(out, data["attention_mask"])
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    return {"sqnr_db": sqnr_db(a, b), "cosine": float(np.mean(cos)), "cosine_min": float(np.min(cos))}
+    cos = metrics.row_cosines(a, b)
+    return {"sqnr_db": metrics.sqnr_db(a, b), "cosine": float(np.mean(cos)), "cosine_min": float(np.min(cos))}
 
 
 def qdq_counts(path: str) -> dict:

@@ -59,6 +59,7 @@ import models  # noqa: E402
 import trtq  # noqa: E402
 from data import crop_views, photo_crop, tokenizer  # noqa: E402
 from trtq._io import load_model  # noqa: E402
+from trtq import metrics  # noqa: E402
 from trtq._ort import make_session  # noqa: E402
 from trtq.calibrators.degrade import degrade  # noqa: E402
 from trtq.calibrators.select import (  # noqa: E402
@@ -74,8 +75,8 @@ from trtq.testing.data import (  # noqa: E402
     EVAL_PHOTOS,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    _prose_sentences,
-    _sentence_pool,
+    prose_sentences,
+    sentence_pool,
     image_batch,
     load_photo,
     mean_pooled,
@@ -140,13 +141,13 @@ def stdlib_sentences() -> list[str]:
             if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                 doc = ast.get_docstring(node, clean=True)
                 if doc:
-                    found.extend(_prose_sentences(doc))
+                    found.extend(prose_sentences(doc))
     return found
 
 
 def text_pool(count: int) -> list[str]:
-    calib = _sentence_pool("calib")
-    held_out = set(calib) | set(_sentence_pool("eval"))
+    calib = sentence_pool("calib")
+    held_out = set(calib) | set(sentence_pool("eval"))
     extra = [s for s in dict.fromkeys(stdlib_sentences()) if s not in held_out]
     extra = [extra[i] for i in np.random.default_rng(0).permutation(len(extra))]
     pool = calib + extra
@@ -209,14 +210,10 @@ class Evaluator:
     def __call__(self, qmodel: Any) -> dict[str, float]:
         out = self._run(qmodel)
         if self.name == "effnet":
-            return {"sqnr_db": sqnr_db(self.ref, out), "top1": float(np.mean(self.ref.argmax(1) == out.argmax(1)))}
+            return {"sqnr_db": metrics.sqnr_db(self.ref, out), "top1": metrics.top1_agreement(self.ref, out)}
         mask = self.data["attention_mask"]
         a, b = mean_pooled(self.ref, mask), mean_pooled(out, mask)
-        return {"cosine": float(np.mean((a * b).sum(1))), "sqnr_db": sqnr_db(a, b)}
-
-
-def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
-    return float(10 * np.log10(np.sum(ref**2) / max(np.sum((ref - test) ** 2), 1e-300)))
+        return {"cosine": metrics.cosine(a, b), "sqnr_db": metrics.sqnr_db(a, b)}
 
 
 def quantize_and_measure(fp32: str, data: Any, seed: int, evaluate: Evaluator, calib_method: str) -> dict:

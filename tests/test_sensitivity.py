@@ -17,7 +17,8 @@ from trtq.config import QuantConfig
 from trtq.errors import TrtqError
 from trtq.exporter.placement import plan_quantization
 from trtq.exporter.qdq import insert_qdq
-from trtq.sensitivity import cast_to_fp16, count_macs, sensitivity_fallback, unit_owners, without_units
+from trtq.exporter.macs import count_macs
+from trtq.sensitivity import cast_to_fp16, sensitivity_fallback, unit_owners, without_units
 
 OPSET = 17
 MLP_MACS = {"fc1": 16 * 32, "fc2": 32 * 32, "fc3": 32 * 8}

@@ -53,7 +53,7 @@ def _choice(value: Any, allowed: tuple[str, ...], what: str, flag: str) -> str:
     return value
 
 
-class _JsonConfig:
+class JsonConfig:
     """Mixin: `to_dict` / `from_dict` that survive a JSON round trip."""
 
     version: ClassVar[int] = 1
@@ -62,7 +62,7 @@ class _JsonConfig:
         out: dict[str, Any] = {"version": self.version}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
-            if isinstance(value, _JsonConfig):
+            if isinstance(value, JsonConfig):
                 value = value.to_dict()
             elif isinstance(value, tuple):
                 value = list(value)
@@ -90,7 +90,7 @@ class _JsonConfig:
 
 
 @dataclass(frozen=True)
-class Target(_JsonConfig):
+class Target(JsonConfig):
     """The device family and TensorRT version an engine will be built for."""
 
     name: str = "ampere"
@@ -111,7 +111,7 @@ class Target(_JsonConfig):
 
 
 @dataclass(frozen=True)
-class CalibConfig(_JsonConfig):
+class CalibConfig(JsonConfig):
     """How activation ranges are computed from calibration data.
 
     Args:
@@ -148,7 +148,7 @@ def _int_at_least(value: Any, low: int, name: str, fix: str) -> None:
 
 
 @dataclass(frozen=True)
-class SelectConfig(_JsonConfig):
+class SelectConfig(JsonConfig):
     """How calibration samples are picked from the candidates (the algorithms: trtq.calibrators.select).
 
     Args:
@@ -197,7 +197,7 @@ class SelectConfig(_JsonConfig):
 
 
 @dataclass(frozen=True)
-class ActQuantConfig(_JsonConfig):
+class ActQuantConfig(JsonConfig):
     """Logarithmic fake quantization of chosen activations (trtq.plugins; the math: its docstring).
 
     Args:
@@ -221,7 +221,7 @@ class ActQuantConfig(_JsonConfig):
 
 
 @dataclass(frozen=True)
-class QuantConfig(_JsonConfig):
+class QuantConfig(JsonConfig):
     """Everything `trtq.quantize` needs besides the model and the data.
 
     Args:
@@ -327,7 +327,7 @@ class QuantConfig(_JsonConfig):
         _choice(self.fallback_dtype, FALLBACK_DTYPES, "fallback dtype", "--fallback-dtype")
 
 
-_NESTED: dict[tuple[str, str], type[_JsonConfig]] = {
+_NESTED: dict[tuple[str, str], type[JsonConfig]] = {
     ("QuantConfig", "calib"): CalibConfig,
     ("QuantConfig", "target"): Target,
     ("QuantConfig", "select"): SelectConfig,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from trtq._shapes import tensor_types
 from trtq.calibrators.data import Batch, BatchStream, InputSpec, model_inputs
 from trtq.engine.run import EngineRunner, is_engine
 from trtq.errors import TrtqError
+from trtq.metrics import SQNR_CAP_DB, ErrorSums, SampleSums, finite_pair
 
 __all__ = [
     "SQNR_CAP_DB",
@@ -31,10 +31,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-# SQNR of identical tensors (+) or of a candidate with NaN/inf where the reference is finite (-).
-# float32 round-off alone stays below ~150 dB, so the cap never hides a real difference.
-SQNR_CAP_DB = 200.0
 
 _NAME_WIDTH = 48
 _QDQ_DOMAINS = ("", "ai.onnx", "com.microsoft")
@@ -436,109 +432,13 @@ def _first_line(exc: Exception) -> str:
 # --- streaming metrics --------------------------------------------------------------------------
 
 
-@dataclass
-class _Pair:
-    """A reference and a candidate array (float32 or float64), non-finite positions zeroed in both."""
-
-    ref: np.ndarray
-    cand: np.ndarray
-    excluded: int
-    nonfinite: int
-
-
-def _real(a: np.ndarray) -> np.ndarray:
-    """float32 and float64 as they are (sums are taken in float64 anyway); other types as float64."""
-    return a if a.dtype in (np.float32, np.float64) else np.asarray(a, dtype=np.float64)
-
-
-def _pair(ref: np.ndarray, cand: np.ndarray) -> _Pair:
-    r, c = _real(ref), _real(cand)
-    finite_r, finite_c = np.isfinite(r), np.isfinite(c)
-    if finite_r.all() and finite_c.all():
-        return _Pair(r, c, 0, 0)
-    keep = finite_r & finite_c
-    excluded = int(r.size - np.count_nonzero(finite_r))
-    nonfinite = int(np.count_nonzero(finite_r & ~finite_c))
-    return _Pair(np.where(keep, r, 0), np.where(keep, c, 0), excluded, nonfinite)
-
-
-def _sum_sq(a: np.ndarray) -> float:
-    """Σa² with float64 products and accumulation: exact per element, so independent of batching."""
-    return float(np.einsum("i,i->", a.ravel(), a.ravel(), dtype=np.float64))
-
-
-def _difference(pair: _Pair) -> np.ndarray:
-    diff = pair.ref - pair.cand
-    if diff.dtype != np.float64 and not np.isfinite(diff).all():  # float32 overflow (dtype-min masks)
-        diff = np.subtract(pair.ref, pair.cand, dtype=np.float64)
-    return diff
-
-
-class _ErrorSums:
-    """Σref², Σ(ref−cand)², max |ref−cand| and non-finite counts, accumulated batch by batch."""
-
-    def __init__(self) -> None:
-        self.ref2 = 0.0
-        self.err2 = 0.0
-        self.max_abs = 0.0
-        self.excluded = 0
-        self.nonfinite = 0
-
-    def add(self, pair: _Pair) -> None:
-        diff = _difference(pair)
-        self.ref2 += _sum_sq(pair.ref)
-        self.err2 += _sum_sq(diff)
-        self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)), -float(diff.min(initial=0.0)))
-        self.excluded += pair.excluded
-        self.nonfinite += pair.nonfinite
-
-    def sqnr_db(self) -> float:
-        if self.nonfinite or (self.ref2 == 0.0 and self.err2 > 0.0):
-            return -SQNR_CAP_DB
-        if self.err2 == 0.0:
-            return SQNR_CAP_DB
-        return min(max(10.0 * math.log10(self.ref2 / self.err2), -SQNR_CAP_DB), SQNR_CAP_DB)
-
-
-class _SampleSums:
-    """Σ per-sample cosine and top-1 agreements, accumulated batch by batch."""
-
-    def __init__(self) -> None:
-        self.cosine = 0.0
-        self.rows = 0
-        self.top1_hits = 0
-        self.top1_rows = 0  # stays 0 unless the output looks like class scores
-
-    def add(self, pair: _Pair, ref: np.ndarray, cand: np.ndarray, samples: int) -> None:
-        rows = samples if pair.ref.ndim and pair.ref.shape[0] == samples else 1
-        self.cosine += float(_row_cosines(pair.ref.reshape(rows, -1), pair.cand.reshape(rows, -1)).sum())
-        self.rows += rows
-        if ref.ndim == 2 and ref.dtype.kind == "f" and ref.shape[-1] >= 2:
-            self.top1_hits += int(np.count_nonzero(np.argmax(ref, axis=-1) == np.argmax(cand, axis=-1)))
-            self.top1_rows += ref.shape[0]
-
-    def top1(self) -> float | None:
-        return self.top1_hits / self.top1_rows if self.top1_rows else None
-
-
-def _row_cosines(r: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Cosine of each row pair (float64 sums); 1 where both rows are zero, 0 where only one is."""
-    dot = np.einsum("ij,ij->i", r, c, dtype=np.float64)
-    rr = np.einsum("ij,ij->i", r, r, dtype=np.float64)
-    cc = np.einsum("ij,ij->i", c, c, dtype=np.float64)
-    norms = np.sqrt(rr) * np.sqrt(cc)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cos = np.where(norms > 0, dot / norms, 0.0)
-    return np.where((rr == 0) & (cc == 0), 1.0, np.clip(cos, -1.0, 1.0))
-
-
 class _OutputSums:
     """Everything `OutputMetrics` needs about one graph output, accumulated batch by batch."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.errors = _ErrorSums()
-        self.samples = _SampleSums()
+        self.errors = ErrorSums()
+        self.samples = SampleSums()
 
     def add(self, ref: np.ndarray, cand: np.ndarray, samples: int) -> None:
         if ref.shape != cand.shape:
@@ -546,14 +446,13 @@ class _OutputSums:
                 f"output {self.name!r} is {ref.shape} in the reference but {cand.shape} in the candidate.",
                 _SAME_MODEL_FIX,
             )
-        pair = _pair(ref, cand)
+        pair = finite_pair(ref, cand)
         self.errors.add(pair)
         self.samples.add(pair, ref, cand, samples)
 
     def metrics(self) -> OutputMetrics:
         e, s = self.errors, self.samples
-        cosine = s.cosine / s.rows if s.rows else 1.0
-        return OutputMetrics(self.name, e.sqnr_db(), cosine, e.max_abs, s.top1(), e.excluded, e.nonfinite)
+        return OutputMetrics(self.name, e.sqnr_db(), s.cosine(), e.max_abs, s.top1(), e.excluded, e.nonfinite)
 
 
 class _TensorSums:
@@ -561,8 +460,8 @@ class _TensorSums:
 
     def __init__(self, probe: _Probe) -> None:
         self.probe = probe
-        self.cumulative = _ErrorSums()
-        self.local = _ErrorSums()
+        self.cumulative = ErrorSums()
+        self.local = ErrorSums()
         self.skipped = False
 
     def add(self, ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]) -> None:
@@ -574,8 +473,8 @@ class _TensorSums:
                                p.name, fp32.shape, dq.shape)
             self.skipped = True
         if not self.skipped:
-            self.cumulative.add(_pair(fp32, dq))
-            self.local.add(_pair(q_in, dq))
+            self.cumulative.add(finite_pair(fp32, dq))
+            self.local.add(finite_pair(q_in, dq))
 
     def metrics(self) -> TensorMetrics:
         p, cum = self.probe, self.cumulative

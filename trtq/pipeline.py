@@ -26,9 +26,8 @@ from trtq.calibrators.stats import collect_channel_stats, collect_stats
 from trtq.config import CalibConfig, QuantConfig, Target
 from trtq.errors import TrtqError
 from trtq.exporter.passes import PassContext, get_pass, resolve_passes
-from trtq.exporter.placement import QuantPlan, WeightSlot, plan_quantization
+from trtq.exporter.placement import QuantPlan, plan_quantization
 from trtq.exporter.qdq import insert_qdq
-from trtq.exporter.weights import QuantizedWeight
 from trtq.precision import TABLE, opset_of
 from trtq.sensitivity import FallbackResult, cast_to_fp16, sensitivity_fallback
 
@@ -104,7 +103,6 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
     fp32, source = _load_input(model, example_inputs, output)
     fp32 = _prepare(fp32, cfg)
     selection, batches = _open_data(fp32, calib_data, cfg, progress)
-    weights: dict[WeightSlot, QuantizedWeight] = {}  # quantized once: by the fallback analysis, if any
     codebooks: dict[str, Any] = {}
     try:
         folded, pass_reports, pass_seconds = _run_passes(fp32, cfg, batches, progress)
@@ -119,12 +117,14 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
             codebooks, tensors = quantize_codebook(folded, codebook_plan, batches, cfg, progress)
         else:
             importance = _channel_power(folded, plan, batches, cfg.int4_method, progress)
-            fallback = _fallback(folded, plan, amax, batches, cfg, importance, weights, progress)
+            fallback = _fallback(folded, plan, amax, batches, cfg, importance, progress)
             if fallback is not None:
                 plan = fallback.plan
     finally:
         _close_data(selection, batches)
     if codebook_plan is None:
+        # the weights the fallback analysis quantized (the whole plan), reused: quantized once
+        weights = fallback.weights if fallback is not None else None
         qmodel, tensors = insert_qdq(folded, plan, amax, cfg.precision, block_size=cfg.block_size,
                                      opset=_opset(folded), importance=importance, quantized=weights)
     else:
@@ -150,6 +150,8 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
         report["selection"] = selection.to_dict()
     if cfg.check:
         report["check"] = _run_check(qmodel, cfg)
+    if fallback is not None:
+        fallback = dataclasses.replace(fallback, weights={})  # the result keeps no second copy of the weights
     result = QuantizeResult(qmodel, report, seconds=time.perf_counter() - started, pass_seconds=pass_seconds,
                             fallback=fallback)
     if output is not None:
@@ -233,18 +235,14 @@ def _plan(model: onnx.ModelProto, cfg: QuantConfig) -> QuantPlan:
 
 
 def _fallback(model: onnx.ModelProto, plan: QuantPlan, amax: dict[str, float], batches: BatchStream | None,
-              cfg: QuantConfig, importance: dict[str, np.ndarray], weights: dict[WeightSlot, QuantizedWeight],
-              progress: bool) -> FallbackResult | None:
-    """Sensitivity analysis and fallback when the config asks for a budget or a target SQNR.
-
-    `weights` receives the quantized weights of the whole plan, for the final `insert_qdq` to reuse.
-    """
+              cfg: QuantConfig, importance: dict[str, np.ndarray], progress: bool) -> FallbackResult | None:
+    """Sensitivity analysis and fallback when the config asks for a budget or a target SQNR."""
     if cfg.fallback_budget is None and cfg.target_sqnr is None:
         return None
     return sensitivity_fallback(model, plan, amax, batches, cfg.precision, opset=_opset(model),
                                 budget=cfg.fallback_budget, target_sqnr=cfg.target_sqnr,
                                 samples=cfg.fallback_samples, block_size=cfg.block_size,
-                                importance=importance, quantized=weights, progress=progress)
+                                importance=importance, progress=progress)
 
 
 def _run_passes(model: onnx.ModelProto, cfg: QuantConfig, batches: BatchStream | None,

@@ -37,8 +37,9 @@ from onnx import TensorProto
 from trtq.errors import TrtqError
 from trtq.targets import TARGETS
 
-__all__ = ["DEFAULT_BLOCK_SIZE", "PRECISIONS", "TABLE", "Precision", "get_precision", "opset_of"]
+__all__ = ["DEFAULT_BLOCK_SIZE", "PRECISIONS", "TABLE", "WEIGHTED_OPS", "Precision", "get_precision", "opset_of"]
 
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the ops whose inputs TensorRT quantizes
 DEFAULT_BLOCK_SIZE = 128  # block length along the reduction axis of block-wise weights (INT4)
 
 
@@ -76,7 +77,7 @@ class Precision:
     activations: bool
     type_opset: int
     block_size: int | None = None
-    weighted_ops: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+    weighted_ops: tuple[str, ...] = WEIGHTED_OPS
     convolutions: bool = True
     small_convs_float: bool = False
     writable: bool = True

@@ -36,11 +36,12 @@ from onnx import TensorProto, helper, numpy_helper
 from tqdm.auto import tqdm
 
 from trtq._ort import make_session
-from trtq._shapes import inferred_graph, tensor_types
+from trtq._shapes import tensor_types
 from trtq.calibrators.data import Batch, model_inputs
 from trtq.errors import TrtqError
-from trtq.evaluate import _ErrorSums, _pair
-from trtq.exporter.placement import WEIGHTED_OPS, QuantPlan, WeightSlot
+from trtq.metrics import ErrorSums, finite_pair
+from trtq.exporter.macs import count_macs
+from trtq.exporter.placement import QuantPlan, WeightSlot
 from trtq.exporter.qdq import insert_qdq
 from trtq.exporter.weights import QuantizedWeight
 from trtq.precision import DEFAULT_BLOCK_SIZE
@@ -52,7 +53,6 @@ __all__ = [
     "FallbackStep",
     "UnitSensitivity",
     "cast_to_fp16",
-    "count_macs",
     "sensitivity_fallback",
     "unit_owners",
     "without_units",
@@ -110,6 +110,8 @@ class FallbackResult:
         budget, target_sqnr: what was asked.
         macs: MACs per sample of every Conv/ConvTranspose/Gemm/MatMul (None: unknown).
         quantized: the units quantized before fallback.
+        weights: every weight of the plan, quantized once (GPTQ included) for the gated graph: the
+            final `insert_qdq(..., quantized=weights)` reuses them instead of quantizing again.
         seconds: wall time of the analysis (not part of `to_dict`, so reports stay byte-identical).
     """
 
@@ -123,6 +125,7 @@ class FallbackResult:
     target_sqnr: float | None
     macs: dict[str, int | None] = field(default_factory=dict)
     quantized: list[str] = field(default_factory=list)
+    weights: dict[WeightSlot, QuantizedWeight] = field(default_factory=dict, repr=False)
     seconds: float = 0.0
 
     @property
@@ -190,7 +193,6 @@ def sensitivity_fallback(
     max_trials: int = DEFAULT_MAX_TRIALS,
     block_size: int = DEFAULT_BLOCK_SIZE,
     importance: Mapping[str, np.ndarray] | None = None,
-    quantized: dict[WeightSlot, QuantizedWeight] | None = None,
     progress: bool = True,
 ) -> FallbackResult:
     """Measure each unit's sensitivity and choose the units to keep in floating point.
@@ -210,7 +212,6 @@ def sensitivity_fallback(
         samples: calibration samples to measure on.
         max_trials: at most this many fallback steps (each one a measured graph) for `target_sqnr`.
         block_size, importance: as given to `insert_qdq` (INT4).
-        quantized: `insert_qdq`'s memo of quantized weights, filled here for the final graph to reuse.
         progress: show progress bars.
 
     Returns:
@@ -222,8 +223,9 @@ def sensitivity_fallback(
     _validate(batches, budget, target_sqnr, samples, max_trials)
     started = time.perf_counter()
     owners = unit_owners(model, plan)
+    weights: dict[WeightSlot, QuantizedWeight] = {}
     gated, gates = _gated_model(model, plan, activation_amax, precision, owners, block_size=block_size,
-                                opset=opset, importance=importance, quantized=quantized)
+                                opset=opset, importance=importance, quantized=weights)
     subset = _subset(batches, samples, _dynamic_batch(model))
     scorer = _Scorer(gated, gates, subset)
     macs = count_macs(model, {k: v[:1] for k, v in subset[0].items()})
@@ -232,7 +234,7 @@ def sensitivity_fallback(
     steps = _fall_back(scorer, [u.unit for u in units], baseline, budget, target_sqnr, max_trials, progress)
     kept = [s.unit for s in steps]
     result = FallbackResult(without_units(model, plan, kept, owners, units), units, kept, steps, baseline,
-                            scorer.samples, budget, target_sqnr, macs, list(gates),
+                            scorer.samples, budget, target_sqnr, macs, list(gates), weights,
                             seconds=time.perf_counter() - started)
     _log(result)
     return result
@@ -321,7 +323,7 @@ def _unit_tensors(plan: QuantPlan, owners: Mapping[str, str]) -> dict[str, list[
 def _gated_model(model: onnx.ModelProto, plan: QuantPlan, amax: Mapping[str, float], precision: str,
                  owners: Mapping[str, str], *, block_size: int, opset: int,
                  importance: Mapping[str, np.ndarray] | None,
-                 quantized: dict[WeightSlot, QuantizedWeight] | None,
+                 quantized: dict[WeightSlot, QuantizedWeight],
                  ) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The QDQ graph with every planned input behind `Where(gate_unit, dequantized, original)`."""
     qmodel, _ = insert_qdq(model, plan, amax, precision, block_size=block_size, opset=opset,
@@ -422,14 +424,14 @@ class _Scorer:
         return self._sessions[segment]
 
     def sqnr_db(self, on: set[str]) -> float:
-        """Worst output SQNR (dB, capped as `trtq.evaluate` caps it) with the units `on` quantized."""
+        """Worst output SQNR (dB, capped as `trtq.metrics` caps it) with the units `on` quantized."""
         segment = min((self._segment[u] for u in on), default=0)
         session, live = self._session(segment), self._live[segment]
-        sums = [_ErrorSums() for _ in self._outputs]
+        sums = [ErrorSums() for _ in self._outputs]
         for batch, cached, reference in zip(self._subset, self._cached, self._reference, strict=True):
             feed = {**batch, **self._feed(on), **{t: cached[t] for t in live}}
             for acc, ref, cand in zip(sums, reference, session.run(self._outputs, feed), strict=True):
-                acc.add(_pair(ref, cand))
+                acc.add(finite_pair(ref, cand))
         return min(acc.sqnr_db() for acc in sums)
 
 
@@ -511,85 +513,6 @@ def _fall_back(scorer: _Scorer, ranking: list[str], baseline: float, budget: int
         if target is not None and steps[-1].sqnr_db >= target:
             break
     return steps
-
-
-# --- MACs ---------------------------------------------------------------------------------------
-
-
-def count_macs(model: onnx.ModelProto, sample: Mapping[str, np.ndarray]) -> dict[str, int | None]:
-    """Multiply-accumulates of every Conv/ConvTranspose/Gemm/MatMul for the input shapes of `sample`.
-
-    Shapes come from ONNX shape inference with the graph inputs fixed to `sample`'s shapes; when
-    inference leaves a needed dimension unknown, one ONNX Runtime run on `sample` reads it.
-
-    Args:
-        model: the FP32 model.
-        sample: one feed (`{input: array}`; batch 1 gives MACs per sample).
-
-    Returns:
-        node name -> MACs (None when a shape stays unknown).
-    """
-    nodes = [n for n in model.graph.node if n.op_type in WEIGHTED_OPS]
-    shapes = _inferred_shapes(model, {k: v.shape for k, v in sample.items()})
-    macs = {n.name: _node_macs(n, shapes) for n in nodes}
-    unknown = [n for n in nodes if macs[n.name] is None]
-    if unknown:
-        needed = {t for n in unknown for t in [*n.input[:2], n.output[0]] if t}
-        shapes.update(_run_shapes(model, sample, needed))
-        macs.update({n.name: _node_macs(n, shapes) for n in unknown})
-    return macs
-
-
-def _inferred_shapes(model: onnx.ModelProto,
-                     input_shapes: Mapping[str, Sequence[int]]) -> dict[str, list[int | None]]:
-    saved = [onnx.ValueInfoProto() for _ in model.graph.input]
-    for copy, vi in zip(saved, model.graph.input, strict=True):
-        copy.CopyFrom(vi)
-        if vi.name in input_shapes:
-            del vi.type.tensor_type.shape.dim[:]
-            vi.type.tensor_type.shape.dim.extend(onnx.TensorShapeProto.Dimension(dim_value=int(d))
-                                                 for d in input_shapes[vi.name])
-    try:
-        graph = inferred_graph(model)
-    finally:
-        del model.graph.input[:]
-        model.graph.input.extend(saved)
-    shapes = {vi.name: _dims(vi) for vi in [*graph.input, *graph.value_info, *graph.output]}
-    shapes.update({i.name: list(i.dims) for i in model.graph.initializer})
-    shapes.update({n.output[0]: list(numpy_helper.to_array(a.t).shape) for n in model.graph.node
-                   if n.op_type == "Constant" for a in n.attribute if a.name == "value"})
-    return shapes
-
-
-def _dims(vi: onnx.ValueInfoProto) -> list[int | None]:
-    return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
-
-
-def _run_shapes(model: onnx.ModelProto, sample: Mapping[str, np.ndarray],
-                names: set[str]) -> dict[str, list[int]]:
-    inputs = {i.name for i in model.graph.input}
-    exposed = sorted(names - inputs - {i.name for i in model.graph.initializer})
-    values = make_session(model, outputs=exposed).run(exposed, dict(sample)) if exposed else []
-    found = {n: list(v.shape) for n, v in zip(exposed, values, strict=True)}
-    found.update({n: list(v.shape) for n, v in sample.items() if n in names})
-    return found
-
-
-def _node_macs(node: onnx.NodeProto, shapes: Mapping[str, list[int | None]]) -> int | None:
-    a, w = (shapes.get(node.input[i]) if len(node.input) > i else None for i in (0, 1))
-    out = shapes.get(node.output[0])
-    if node.op_type == "Conv":
-        dims = None if out is None or w is None else [*out, *w[1:]]
-    elif node.op_type == "ConvTranspose":
-        dims = None if a is None or w is None else [*a, *w[1:]]
-    elif node.op_type == "Gemm":
-        k_axis = 0 if any(x.name == "transA" and x.i for x in node.attribute) else -1
-        dims = None if a is None or out is None else [*out, a[k_axis]]
-    else:  # MatMul: every output element is a dot product over A's last axis
-        dims = None if a is None or out is None else [*out, a[-1]]
-    if dims is None or any(d is None or d < 0 for d in dims):
-        return None
-    return int(np.prod(dims, dtype=np.int64))
 
 
 # --- FP16 fallback ------------------------------------------------------------------------------

@@ -191,7 +191,7 @@ class BatchStream:
                 + ".",
                 f"key the arrays by the model's input names: {expected}.",
             )
-        return {name: _conform(np.asarray(_to_numpy(raw[name])), self._inputs[name], self._what) for name in self._inputs}
+        return {name: _conform(np.asarray(to_numpy(raw[name])), self._inputs[name], self._what) for name in self._inputs}
 
 
 def open_batches(source: Any, model: onnx.ModelProto, **kwargs: Any) -> BatchStream:
@@ -199,7 +199,7 @@ def open_batches(source: Any, model: onnx.ModelProto, **kwargs: Any) -> BatchStr
     return BatchStream(source, model_inputs(model), **kwargs)
 
 
-def _to_numpy(value: Any) -> Any:
+def to_numpy(value: Any) -> Any:
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, without importing torch
         return value.detach().cpu().numpy()
     return value
@@ -316,7 +316,7 @@ class _NpzRowReader:
 def _rows(col: Any) -> _RowReader | _NpzRowReader:
     if isinstance(col, tuple) and len(col) == 2 and isinstance(col[0], Path):
         return _NpzRowReader(*col)
-    return _RowReader(np.asarray(_to_numpy(col)))
+    return _RowReader(np.asarray(to_numpy(col)))
 
 
 def _normalise(source: Any, what: str) -> Any:

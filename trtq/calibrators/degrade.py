@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from trtq.calibrators.images import ImageSource
-from trtq.config import _JsonConfig
+from trtq.config import JsonConfig
 from trtq.errors import TrtqError
 
 __all__ = [
@@ -232,7 +232,7 @@ def _check_entry(name: str, level: str) -> None:
 
 
 @dataclass(frozen=True)
-class DegradeConfig(_JsonConfig):
+class DegradeConfig(JsonConfig):
     """Which degradations, how many samples, how strong.
 
     Args:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from trtq.config import _JsonConfig
+from trtq.config import JsonConfig
 from trtq.errors import TrtqError
 
 __all__ = [
@@ -103,7 +103,7 @@ def _choice(value: Any, allowed: tuple[str, ...], name: str) -> str:
 
 
 @dataclass(frozen=True)
-class ImagePreprocess(_JsonConfig):
+class ImagePreprocess(JsonConfig):
     """How decoded RGB images become model input (see the module docstring for the exact steps).
 
     Args:

@@ -66,11 +66,11 @@ import onnx
 from trtq._io import load_model
 from trtq._ort import make_session
 from trtq.calibrators.data import Batch, BatchStream, model_inputs
-from trtq.calibrators.stats import SENTINEL, _progress, token_keep, token_mask_input
+from trtq.calibrators.stats import SENTINEL, progress_bar, token_keep, token_mask_input
 from trtq.config import SELECT_METHODS as METHODS
 from trtq.config import SelectConfig
 from trtq.errors import TrtqError
-from trtq.exporter.placement import WEIGHTED_OPS
+from trtq.precision import WEIGHTED_OPS
 
 __all__ = [
     "DEFAULT_METHOD",
@@ -199,7 +199,7 @@ def _extract(model: onnx.ModelProto, stream: BatchStream, feature: str | None, p
     rows: list[np.ndarray] = []
     parts: dict[str, list[np.ndarray]] = {s: [] for s in STATISTICS}
     shape: tuple[int, ...] = ()
-    for batch in _progress(stream, "select: features", progress):
+    for batch in progress_bar(stream, "select: features", progress):
         value = batch[name] if from_input else session.run([name], batch)[0]
         shape = shape or tuple(np.shape(value)[1:])
         vec, stats = reduce_feature(value, batch.get(mask) if mask else None)

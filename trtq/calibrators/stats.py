@@ -25,7 +25,7 @@ from trtq._ort import make_session
 from trtq.calibrators.data import BatchStream, InputSpec, model_inputs
 
 __all__ = ["SENTINEL", "ChannelStats", "SecondMoment", "TensorStats", "collect_channel_stats",
-           "collect_second_moments", "collect_stats", "token_keep", "token_mask_input"]
+           "collect_second_moments", "collect_stats", "progress_bar", "token_keep", "token_mask_input"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,12 +111,12 @@ def collect_stats(
     names = list(tensors)
     stats = {n: TensorStats(n) for n in names}
     started = time.perf_counter()
-    for batch in _progress(batches, "calibrate: ranges", progress):
+    for batch in progress_bar(batches, "calibrate: ranges", progress):
         n = next(iter(batch.values())).shape[0]
         for name, value in zip(names, session.run(names, batch)):
             stats[name].update(value, n)
     if histograms:
-        for batch in _progress(batches, "calibrate: histograms", progress, total=batches.num_samples):
+        for batch in progress_bar(batches, "calibrate: histograms", progress, total=batches.num_samples):
             for name, value in zip(names, session.run(names, batch)):
                 finite = np.abs(np.asarray(value, dtype=np.float32).ravel())
                 stats[name].add_to_histogram(finite[finite < SENTINEL], num_bins)
@@ -125,7 +125,7 @@ def collect_stats(
     return stats
 
 
-def _progress(batches: Iterable[dict[str, np.ndarray]], desc: str, enabled: bool, total: int | None = None):
+def progress_bar(batches: Iterable[dict[str, np.ndarray]], desc: str, enabled: bool, total: int | None = None):
     """Yield `batches`, advancing a tqdm bar by the samples in each (samples/second shown)."""
     from tqdm.auto import tqdm
 
@@ -167,7 +167,7 @@ def collect_channel_stats(
     names = sorted(axes)
     session = make_session(model, outputs=names)
     acc: dict[str, list[np.ndarray]] = {}
-    for batch in _progress(batches, "calibrate: channel statistics", progress):
+    for batch in progress_bar(batches, "calibrate: channel statistics", progress):
         for name, value in zip(names, session.run(names, batch)):
             x = np.moveaxis(np.asarray(value, dtype=np.float64), axes[name], -1)
             x = x.reshape(-1, x.shape[-1])
@@ -240,7 +240,7 @@ def collect_second_moments(
     names = sorted(set(tensors))
     session = make_session(model, outputs=names)
     acc: dict[str, _Gram] = {}
-    for batch in _progress(batches, "calibrate: second moments", progress):
+    for batch in progress_bar(batches, "calibrate: second moments", progress):
         tokens = batch.get(mask) if mask is not None else None
         for name, value in zip(names, session.run(names, batch)):
             x = np.asarray(value, np.float32)

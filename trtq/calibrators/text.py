@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from trtq.calibrators.data import _to_numpy
-from trtq.config import _JsonConfig
+from trtq.calibrators.data import to_numpy
+from trtq.config import JsonConfig
 from trtq.errors import TrtqError
 
 __all__ = ["PADDINGS", "TextOptions", "TextSource"]
@@ -45,7 +45,7 @@ Tokenizer = Callable[[list[str]], Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
-class TextOptions(_JsonConfig):
+class TextOptions(JsonConfig):
     """How texts are read and tokenized.
 
     Args:
@@ -222,7 +222,7 @@ class TextSource:
 
     def _fit(self, name: str, value: Any, n: int) -> np.ndarray:
         """Cut rank >= 2 outputs to max_length along axis 1 and pad them as declared."""
-        value = _to_numpy(value)
+        value = to_numpy(value)
         rows = _rows(value)
         if rows is None:
             arr = np.asarray(value)

@@ -30,11 +30,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from trtq.precision import DEFAULT_BLOCK_SIZE, TABLE, Precision
+from trtq.precision import DEFAULT_BLOCK_SIZE, TABLE, WEIGHTED_OPS, Precision
 
-__all__ = ["ROTATION_MARKER", "QuantPlan", "WeightSlot", "plan_quantization", "WEIGHTED_OPS"]
+__all__ = ["ROTATION_MARKER", "QuantPlan", "WeightSlot", "node_names", "plan_quantization"]
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 ROTATION_MARKER = "trtq_rotation"  # nodes the rotate pass inserts: constant orthogonal transforms
 _FLOAT_TYPES = (np.float32, np.float16)
 
@@ -80,7 +79,7 @@ def plan_quantization(model: onnx.ModelProto, precision: str, exclude: Sequence[
     graph = gs.import_onnx(model)
     patterns = [re.compile(p) for p in exclude]
     plan = QuantPlan()
-    names = _node_names(graph)
+    names = node_names(graph)
     for node in graph.nodes:
         if node.op not in WEIGHTED_OPS:
             continue
@@ -104,7 +103,7 @@ def plan_quantization(model: onnx.ModelProto, precision: str, exclude: Sequence[
     return plan
 
 
-def _node_names(graph: gs.Graph) -> dict[int, str]:
+def node_names(graph: gs.Graph) -> dict[int, str]:
     """Node names (`trtq.quantize` names unnamed nodes `<op>_<index>` before planning)."""
     return {id(n): n.name or f"{n.op}_{i}" for i, n in enumerate(graph.nodes)}
 

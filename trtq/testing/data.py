@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CALIB_PHOTOS", "EVAL_PHOTOS", "image_batch", "load_photo", "mean_pooled", "sentences", "token_batch"]
+__all__ = ["CALIB_PHOTOS", "EVAL_PHOTOS", "image_batch", "load_photo", "mean_pooled", "prose_sentences", "sentence_pool",
+           "sentences", "token_batch"]
 
 IMAGE_SIZE = 224
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -75,7 +76,7 @@ def image_batch(photos: tuple[str, ...], n: int) -> np.ndarray:
     return out
 
 
-def _prose_sentences(text: str) -> list[str]:
+def prose_sentences(text: str) -> list[str]:
     """Sentences from the prose paragraphs of a documentation page (code and headings dropped)."""
     found = []
     for para in re.split(r"\n\s*\n", text):
@@ -92,18 +93,19 @@ def _prose_sentences(text: str) -> list[str]:
     return found
 
 
-def _sentence_pool(split: str) -> list[str]:
+def sentence_pool(split: str) -> list[str]:
+    """The sentences of every other Python documentation topic: even topics "calib", odd ones "eval"."""
     from pydoc_data.topics import topics
 
     keys = sorted(topics)[0 if split == "calib" else 1 :: 2]
-    return list(dict.fromkeys(s for key in keys for s in _prose_sentences(topics[key])))
+    return list(dict.fromkeys(s for key in keys for s in prose_sentences(topics[key])))
 
 
 def sentences(split: str, n: int) -> list[str]:
     """`n` sentences spread evenly over one split ("calib" or "eval"); the splits share none."""
-    pool = _sentence_pool(split)
+    pool = sentence_pool(split)
     if split == "eval":
-        calib = set(_sentence_pool("calib"))
+        calib = set(sentence_pool("calib"))
         pool = [s for s in pool if s not in calib]
     if len(pool) < n:
         raise ValueError(f"only {len(pool)} {split} sentences available, {n} asked")

@@ -37,7 +37,7 @@ import onnx_graphsurgeon as gs
 
 from trtq.calibrators.stats import SENTINEL
 from trtq.exporter.passes.base import PassResult, graph_to_model, unique_name
-from trtq.exporter.placement import WeightSlot, _node_names, plan_quantization
+from trtq.exporter.placement import WeightSlot, node_names, plan_quantization
 from trtq.exporter.weights import quantize_per_channel
 from trtq.precision import TABLE
 
@@ -117,7 +117,7 @@ def _targets(graph: gs.Graph, model: onnx.ModelProto, ctx: Any,
     for slot, consumers in plan.weights.items():
         for node_name, index in consumers:
             slots[(node_name, index)] = slot
-    names = _node_names(graph)
+    names = node_names(graph)
     quantized = set(plan.quantized_nodes)
     skipped.extend({"node": s["node"], "reason": f"not quantized: {s['reason']}"} for s in plan.skipped)
     targets = []

@@ -47,7 +47,7 @@ import onnx_graphsurgeon as gs
 from trtq.errors import TrtqError
 from trtq.exporter.passes.base import PassResult, graph_to_model, unique_name
 from trtq.exporter.passes.channel_match import readers
-from trtq.exporter.placement import _node_names
+from trtq.exporter.placement import node_names
 
 __all__ = ["cross_layer_equalization"]
 
@@ -161,7 +161,7 @@ def _relu6_note(relu6: str) -> str:
 
 def _find_pairs(graph: gs.Graph, relu6: str) -> tuple[list[_Pair], list[dict[str, Any]]]:
     """Every layer → activation → layer chain, and the chains that cannot be equalized, with reasons."""
-    names = _node_names(graph)
+    names = node_names(graph)
     outputs = {id(t) for t in graph.outputs}
     pairs: list[_Pair] = []
     skipped: list[dict[str, Any]] = []
