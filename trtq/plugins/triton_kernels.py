@@ -23,7 +23,8 @@ Log fake quantize (`log_fake_quantize`), per element, constants k1 = −1/(a·ln
 k2 = −a·ln2 rounded to float32 as `reference.quantize_log` does:
     y = max(x + c, 0);  q = round_half_even(k1·ln(y) + k0);  x̂ = s·exp(k2·max(q, 0)) − c if q < 2**b − 1
     else −c
-On a GPU `ln`/`exp` are the device's (within 2 ulp), so a value on a rounding boundary may land on a
+Kernels compile without FMA contraction (``enable_fp_fusion=False``), as the reference rounds the
+multiply and the add apart. On a GPU `ln`/`exp` are the device's (within 2 ulp), so a value on a rounding boundary may land on a
 neighbouring level; in the interpreter they are numpy's and the result equals the reference exactly.
 """
 
@@ -195,7 +196,7 @@ def log_fake_quantize(x: Any, scale: float, step: float, shift: float, bits: int
     k1, k0, k2 = log_constants(scale, step)
     log_fake_quant_kernel[(triton.cdiv(flat.numel(), LOG_BLOCK),)](
         flat, flat.numel(), out, SCALE=_f32(scale), SHIFT=_f32(shift), K1=k1, K0=k0, K2=k2,
-        LEVELS=float((1 << bits) - 1), BLOCK=LOG_BLOCK)
+        LEVELS=float((1 << bits) - 1), BLOCK=LOG_BLOCK, enable_fp_fusion=False)
     return out.reshape(x.shape)
 
 
@@ -246,7 +247,9 @@ def compile_ptx(kind: str, *, target: Any = None, out_dtype: str = "float32", pt
     else:
         raise ValueError(f"unknown kernel {kind!r}: dequant, matmul or log")
     source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs={**constants, **block})
-    options = {} if ptx_version is None else {"ptx_version": ptx_version}
+    options: dict[str, Any] = {"enable_fp_fusion": False}  # no FMA: the reference rounds each op
+    if ptx_version is not None:
+        options["ptx_version"] = ptx_version
     compiled = triton.compile(source, target=target, options=options)
     return CompiledKernel(compiled.metadata.name, compiled.asm["ptx"], compiled.metadata.num_warps,
                           compiled.metadata.shared)
