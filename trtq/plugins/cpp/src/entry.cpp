@@ -5,6 +5,9 @@
 #include <iostream>
 #include <mutex>
 
+// The library builds with hidden visibility; only these two entry points are exported.
+#define TRTQ_EXPORT extern "C" __attribute__((visibility("default")))
+
 namespace trtq
 {
 namespace
@@ -29,13 +32,13 @@ void logError(std::string const& message) noexcept
 
 } // namespace trtq
 
-extern "C" TENSORRTAPI void setLoggerFinder(nvinfer1::ILoggerFinder* finder)
+TRTQ_EXPORT void setLoggerFinder(nvinfer1::ILoggerFinder* finder)
 {
     std::lock_guard<std::mutex> lock(trtq::gLoggerMutex);
     trtq::gLoggerFinder = finder;
 }
 
-extern "C" TENSORRTAPI nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
+TRTQ_EXPORT nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
 {
     static trtq::PluginCreator codebook(trtq::PluginCreator::Kind::kCODEBOOK_DEQUANTIZE);
     static trtq::PluginCreator logQuant(trtq::PluginCreator::Kind::kLOG_FAKE_QUANTIZE);
