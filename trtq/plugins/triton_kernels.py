@@ -1,8 +1,8 @@
 """Triton kernels of the TensorRT face: codebook dequantize, fused dequantize-GEMM, log fake quantize.
 
 The same `@triton.jit` functions serve three callers: the torch launchers below (a GPU without
-TensorRT, or Triton's CPU interpreter with ``TRITON_INTERPRET=1`` set before this module is imported,
-which is how the tests run them), `compile_ptx` (ahead-of-time PTX for the `tensorrt.plugin` AOT
+TensorRT, or Triton's CPU interpreter with ``TRITON_INTERPRET=1`` set before `triton` is first imported
+in the process, which is how the tests run them), `compile_ptx` (ahead-of-time PTX for the `tensorrt.plugin` AOT
 implementation, `trtq.plugins.trt_plugin`), and the benchmark (bench/plugin_kernels.py).
 
 Storage read by the kernels (the format is `trtq.plugins`; the codes container is the plugin face's,
