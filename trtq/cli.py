@@ -66,6 +66,10 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--act-quant-bits", type=int, default=ActQuantConfig.bits, metavar="B",
                    help="code width of --act-quant (default 8)")
     p.add_argument("--act-quant-tensors", metavar="T1,T2", help="the tensors --act-quant quantizes")
+    p.add_argument("--plugins", action="store_true",
+                   help="write the TensorRT face: one trtq plugin node per codebook weight / log activation "
+                   "(codes stay packed in the engine; build with trtq's plugin loaded, README 'TensorRT "
+                   "plugins'); default: the standard-ONNX face that ONNX Runtime runs")
     p.add_argument("--opset", type=int, help="output opset (default: the lowest the precision needs)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     p.add_argument("--passes", help="comma-separated graph passes to run before calibration "
@@ -290,6 +294,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
         weight_format=args.weight_format,
         act_quant=_act_quant(args),
         device=args.device,
+        plugins=args.plugins,
     )
     if TABLE[config.precision].activations and not args.calib_data:
         raise TrtqError(f"{config.precision.upper()} needs calibration data.", "pass --calib-data CALIB.npz.")

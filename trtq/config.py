@@ -255,6 +255,9 @@ class QuantConfig(JsonConfig):
             Q/DQ there.
         device: where ONNX Runtime runs calibration, the passes and sensitivity: cuda | cpu (None: cuda
             when onnxruntime-gpu's CUDA execution provider is available, else cpu; `trtq._ort.providers`).
+        plugins: write the TensorRT face of the codebook weights and log activations (one trtq plugin
+            node each, codes kept packed; trtq.plugins.trt_face) instead of their standard-ONNX face.
+            The result is for TensorRT only, with trtq's plugin loaded; ONNX Runtime cannot run it.
     """
 
     precision: str = "int8"
@@ -275,6 +278,7 @@ class QuantConfig(JsonConfig):
     weight_format: str = "int4"
     act_quant: ActQuantConfig | None = None
     device: str | None = None
+    plugins: bool = False
 
     def __post_init__(self) -> None:
         _choice(self.precision, PRECISIONS, "precision", "--precision")
@@ -311,6 +315,11 @@ class QuantConfig(JsonConfig):
         if self.weight_format != "int4" and self.precision != "int4":
             raise TrtqError(f"weight format {self.weight_format} is weight-only.",
                             f"use --precision int4 --weight-format {self.weight_format}.")
+        if self.plugins and not (self.codebook_weights or self.act_quant is not None):
+            raise TrtqError("--plugins has nothing to replace: it swaps codebook weights and log activations "
+                            "for TensorRT plugin nodes.",
+                            "add --precision int4 --weight-format nf4 (or codebook4, codebook3, ...) and/or "
+                            "--act-quant log2, or drop --plugins.")
         if self.codebook_weights and (self.fallback_budget is not None or self.target_sqnr is not None):
             raise TrtqError("sensitivity fallback does not support codebook weight formats.",
                             "drop --fallback-budget / --target-sqnr, or use --weight-format int4.")

@@ -134,6 +134,12 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
 
         qmodel = insert_faces(qmodel, codebooks, log_acts)
         tensors.update(log_report)
+    plugin_report = None
+    if cfg.plugins:
+        from trtq.plugins.trt_face import to_plugin_face
+
+        qmodel, swap = to_plugin_face(qmodel)
+        plugin_report = swap.to_dict()
     if fallback is not None and cfg.fallback_dtype == "fp16":
         qmodel = cast_to_fp16(qmodel, fallback.kept_float)
     for name, entry in tensors.items():
@@ -141,6 +147,8 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
             entry.update(calib_report[name])
     report = _report(cfg, source, plan, tensors, calib_report)
     report["passes"] = pass_reports
+    if plugin_report is not None:
+        report["plugins"] = plugin_report
     if fallback is not None:
         report["fallback"] = {"dtype": cfg.fallback_dtype, **fallback.to_dict()}
     data_report = batches.source_report() if batches is not None else None

@@ -29,7 +29,7 @@ This module must not use ``from __future__ import annotations``: `tensorrt.plugi
 decorated functions' annotations as classes.
 """
 
-from typing import Tuple, Union
+from typing import Any
 
 try:
     import tensorrt as trt
@@ -43,17 +43,17 @@ except ImportError as exc:  # tensorrt absent, or 10.3 (no tensorrt.plugin)
 from trtq.plugins import triton_kernels as _kernels
 from trtq.plugins.trt_face import CODEBOOK_OP, DOMAIN, LOG_OP
 
-__all__ = ["PLUGIN_IDS", "register"]
+__all__ = ["PLUGIN_IDS", "TARGET", "register"]
 
 PLUGIN_IDS = (f"{DOMAIN}::{CODEBOOK_OP}", f"{DOMAIN}::{LOG_OP}")
 _FLOAT16 = 10  # ONNX TensorProto.FLOAT16, the out_dtype attribute's value for a float16 output
-_AotResult = Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]
+_AotResult = tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymExprs]
 _registered: list[str] = []
 
 
-def _target():
-    """The GPU Triton compiles for: None = this process's device (what the engine build runs on)."""
-    return None
+# The GPU Triton compiles the AOT kernels for: None = this process's GPU, the one the engine build runs on
+# (a `triton.backends.compiler.GPUTarget` compiles for another, e.g. in tests without a GPU).
+TARGET: Any = None
 
 
 def _dtype_name(dtype: "trt.DataType") -> str:
@@ -68,10 +68,10 @@ def _codebook_desc(codes: trtp.TensorDesc, codebook: trtp.TensorDesc, scales: tr
 
 
 def _codebook_aot(codes: trtp.TensorDesc, codebook: trtp.TensorDesc, scales: trtp.TensorDesc, bits: int,
-                  group_size: int, k: int, out_dtype: int, outputs: Tuple[trtp.TensorDesc],
+                  group_size: int, k: int, out_dtype: int, outputs: tuple[trtp.TensorDesc],
                   tactic: int) -> _AotResult:
     """PTX of the dequantize kernel for this (bits, group_size, k, output type); grid over [N, k]."""
-    kernel = _kernels.compile_ptx("dequant", target=_target(), out_dtype=_dtype_name(outputs[0].dtype),
+    kernel = _kernels.compile_ptx("dequant", target=TARGET, out_dtype=_dtype_name(outputs[0].dtype),
                                   BITS=bits, GROUP=group_size, K=k)
     rows = scales.shape_expr[0]
     block_n, block_k = _kernels.DEQUANT_BLOCK
@@ -92,10 +92,10 @@ def _log_desc(x: trtp.TensorDesc, bits: int, scale: float, step: float, shift: f
 
 
 def _log_aot(x: trtp.TensorDesc, bits: int, scale: float, step: float, shift: float,
-             outputs: Tuple[trtp.TensorDesc], tactic: int) -> _AotResult:
+             outputs: tuple[trtp.TensorDesc], tactic: int) -> _AotResult:
     """PTX of the log fake-quantize kernel with this tensor's constants; one program per LOG_BLOCK."""
     k1, k0, k2 = _kernels.log_constants(scale, step)
-    kernel = _kernels.compile_ptx("log", target=_target(), out_dtype=_dtype_name(x.dtype), SCALE=scale,
+    kernel = _kernels.compile_ptx("log", target=TARGET, out_dtype=_dtype_name(x.dtype), SCALE=scale,
                                   SHIFT=shift, K1=k1, K0=k0, K2=k2, LEVELS=float((1 << bits) - 1))
     count = x.shape_expr.numel()
     launch = trtp.KernelLaunchParams()

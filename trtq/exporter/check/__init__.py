@@ -54,6 +54,9 @@ target-trt              warning  orin + TensorRT 11 (AGX Orin, JetPack 7.2.2+)  
 nonuniform-face         warning  codebook weights / log activations in their      trtq.plugins
                                  standard-ONNX face: folded to float weights,
                                  float ops in TensorRT (no memory saving)
+trtq-plugin             info     trtq plugin nodes (--plugins): the build needs    trtq.plugins.trt_face
+                                 trtq's plugin library or tensorrt.plugin
+                        error    a 'trtq'-domain node that is no trtq plugin
 
 Only the main graph is read (not If/Loop subgraphs or local functions); Q/DQ means the default-domain ops.
 """

@@ -1,4 +1,4 @@
-"""Rules about trtq's non-uniform quantizers (trtq.plugins) in their standard-ONNX face."""
+"""Rules about trtq's non-uniform quantizers (trtq.plugins): their standard-ONNX face and their plugin face."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from trtq.exporter.check.registry import Hit, rule
 __all__: list[str] = []  # the module's rules register themselves in registry.REGISTRY
 
 _FACE_KEY = "trtq_face"  # trtq.plugins.onnx_face.FACE_KEY (not imported: check stays free of numpy fitting code)
+_PLUGIN_DOMAIN = "trtq"  # trtq.plugins.trt_face.DOMAIN
+_PLUGIN_OPS = ("CodebookDequantize", "LogFakeQuantize")  # the plugins trtq/plugins/cpp and trt_plugin define
 
 
 def _faces(g: Graph) -> Iterator[tuple[int, dict]]:
@@ -35,3 +37,25 @@ def _nonuniform_face(g: Graph) -> Iterator[Hit]:
         yield Hit(logs[0], f"{len(logs)} log-quantized activation(s) in the standard-ONNX face (Log/Round/Exp): "
                   "TensorRT runs them as float ops and the MatMul reading them in floating point "
                   "(no integer kernel takes log codes).", fix)
+
+
+@rule("trtq-plugin", "info", "trtq plugin nodes: the engine build needs trtq's TensorRT plugins loaded")
+def _trtq_plugin(g: Graph) -> Iterator[Hit]:
+    nodes = [i for i, node in enumerate(g.nodes) if node.domain == _PLUGIN_DOMAIN]
+    for i in nodes:
+        node = g.nodes[i]
+        attrs = {a.name: a for a in node.attribute}
+        namespace = attrs["plugin_namespace"].s.decode() if "plugin_namespace" in attrs else None
+        if node.op_type not in _PLUGIN_OPS or namespace != _PLUGIN_DOMAIN:
+            yield Hit(i, f"{node.op_type} in domain {_PLUGIN_DOMAIN!r} is not a trtq plugin (known: "
+                      f"{', '.join(_PLUGIN_OPS)}; plugin_namespace {namespace!r}, expected 'trtq'): the ONNX "
+                      "parser finds no plugin for it.", "re-export the model with trtq quantize --plugins.", "error")
+    if not nodes:
+        return
+    ops = sorted({g.nodes[i].op_type for i in nodes})
+    python = ("TensorRT 10.3 has no tensorrt.plugin, so only the C++ library" if g.trt == "10.3" else
+              "or, TensorRT >= 10.16, call trtq.plugins.trt_plugin.register() in the building process")
+    yield Hit(nodes[0], f"{len(nodes)} trtq plugin node(s) ({', '.join(ops)}) keep codes packed: TensorRT parses "
+              "them only with trtq's plugins loaded, and ONNX Runtime cannot run this graph.",
+              "load libtrtq_plugins.so (built from trtq/plugins/cpp) with trtexec --dynamicPlugins=... or "
+              f"trt.get_plugin_registry().load_library(...); {python}.")
