@@ -45,7 +45,8 @@ scenarios = {
     "python_plugin": dict(plugins=(qdp,)),
 }
 version = trt_name(trt.__version__)
-out = {"version": version}
+out = {"version": version,
+       "weak_flags_in_bindings": {f: hasattr(trt.BuilderFlag, f) for f in ("INT8", "FP16", "FP8", "INT4")}}
 for name, options in scenarios.items():
     config = BuildConfig(**options)
     try:
@@ -61,6 +62,12 @@ for name, options in scenarios.items():
     info = _trt.inspect_engine(trt, engine, make=make)
     out[name] = {"names": list(resolved.names), "typing": decisions.typing, "used": sorted(make.used),
                  "missing": sorted(make.missing), "io": info["io"]}
+control = SpyFactory(trt)  # the spy itself: a name the version lacks is caught, a present one passes
+try:
+    control("Builder").create_builder_config().int8_calibrator = None
+except AttributeError:
+    pass
+out["control_missing"] = sorted(control.missing)
 print(json.dumps(out))
 """
 
@@ -112,12 +119,19 @@ def test_version_branches_pick_each_versions_spelling(tensorrt_api) -> None:
     version = got["version"]
     assert version == tensorrt_api.version
     strong = got["strong"]["names"]
+    # the spy catches what a version lacks: TensorRT 11 removed IBuilderConfig.int8_calibrator
+    assert got["control_missing"] == (["IBuilderConfig.int8_calibrator"] if version == "11" else [])
+    weak_flags = [f"BuilderFlag.{f}" for f in got["weak_flags_in_bindings"]]
     if version == "11":  # strongly typed is the only mode: no flag, no weak typing, no calibrator
+        assert not any(got["weak_flags_in_bindings"].values())  # INT8 / FP16 / FP8 / INT4 flags are gone
+        for scenario in (s for s in got.values() if isinstance(s, dict) and "names" in s):
+            assert not set(weak_flags) & set(scenario["names"])
         assert "NetworkDefinitionCreationFlag.STRONGLY_TYPED" not in strong
         assert "weakly typed" in got["weak_calib_cache"]["refused"]
         assert got["dla"]["typing"] == "strong" and "BuilderFlag.INT8" not in got["dla"]["names"]
     else:
-        assert "NetworkDefinitionCreationFlag.STRONGLY_TYPED" in strong
+        assert all(got["weak_flags_in_bindings"].values())
+        assert "NetworkDefinitionCreationFlag.STRONGLY_TYPED" in strong and not set(weak_flags) & set(strong)
         weak = got["weak_calib_cache"]
         assert {"BuilderFlag.INT8", "BuilderFlag.FP16"} <= set(weak["names"])
         assert "IBuilderConfig.int8_calibrator" in weak["used"]

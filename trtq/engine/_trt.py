@@ -281,10 +281,17 @@ def runner(trt: Any, poly: Any, engine_bytes: bytes) -> Any:
 
 
 def device_info() -> dict[str, Any]:
-    """The current CUDA device's name and compute capability, read from libcudart (via Polygraphy's loader)."""
+    """The current CUDA device's name and compute capability, read from libcudart (via Polygraphy's loader).
+
+    When libcudart cannot be loaded (TensorRT builds without it), name and compute capability are None and
+    `error` says why.
+    """
     from polygraphy import cuda
 
-    lib = cuda.wrapper().handle
+    try:
+        lib = cuda.wrapper().handle
+    except Exception as exc:  # OSError from ctypes, or Polygraphy's own exception
+        return {"name": None, "index": None, "compute_capability": None, "error": f"libcudart: {exc}"}
     device = ctypes.c_int(0)
     lib.cudaGetDevice(ctypes.byref(device))
     major, minor = ctypes.c_int(0), ctypes.c_int(0)

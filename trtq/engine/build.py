@@ -111,7 +111,9 @@ def _check_gpu(config: BuildConfig, device: dict[str, Any], version: str) -> lis
         return notes
     spec = TARGETS[config.target]
     allowed = (spec.sm, *_OTHER_SM.get(config.target, ()))
-    if device["compute_capability"] not in allowed:
+    if device["compute_capability"] is None:
+        notes.append(f"the GPU could not be read ({device.get('error')}): not checked against target {config.target}")
+    elif device["compute_capability"] not in allowed:
         raise TrtqError(f"this GPU ({device['name']}, SM {device['compute_capability']}) is not a {config.target} "
                         f"(SM {', '.join(allowed)}): an engine runs only on the GPU model it was built on.",
                         f"build on the {config.target} device (`trtq build --print trtexec --target {config.target}` "
