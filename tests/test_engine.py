@@ -235,3 +235,20 @@ def test_engine_package_imports_without_tensorrt_or_polygraphy():
             "import trtq.engine, trtq.evaluate, trtq.cli\nprint(trtq.build)\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+def test_implicit_int8_from_trtq_calibration_cache_on_gpu(real_tensorrt, conv_model, conv_calib, tmp_path, capsys):
+    if int(real_tensorrt.__version__.split(".")[0]) >= 11:
+        pytest.skip("TensorRT 11 has no implicit INT8 (calibration caches end with TensorRT 10)")
+    qdq = tmp_path / "q.onnx"
+    assert main(["quantize", str(conv_model), "-o", str(qdq), "--calib-data", str(conv_calib), "--quiet"]) == 0
+    version = ".".join(real_tensorrt.__version__.split(".")[:3])
+    assert main(["calib-cache", str(tmp_path / "q.trtq.json"), "-o", str(tmp_path / "c.cache"), "--trt", version]) == 0
+    engine = tmp_path / "fp32.engine"
+    assert main(["build", str(conv_model), "-o", str(engine), "--calib-cache", str(tmp_path / "c.cache"),
+                 "--shapes", "input:1x3x12x12,4x3x12x12,8x3x12x12"]) == 0
+    report = json.loads((tmp_path / "fp32.engine.json").read_text())
+    assert report["decisions"]["typing"] == "weak" and "int8" in report["layer_output_precisions"]
+    assert "weakly typed" in capsys.readouterr().out
