@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from trtq.engine.plan import BuildConfig, Decisions, ShapeRange, decide
@@ -45,32 +47,76 @@ def _poly_shape(shapes: tuple[ShapeRange, ...], which: str) -> list[str]:
     return [f"{s.name}:[{','.join(map(str, getattr(s, which)))}]" for s in shapes]
 
 
-def _workspace_mib(config: BuildConfig) -> int | None:
-    return None if config.workspace_bytes is None else max(1, config.workspace_bytes >> 20)
+@dataclass(frozen=True)
+class _Spelling:
+    """How one tool spells each build option: each entry returns the command-line words for its value."""
+
+    strongly_typed: str
+    precision: Callable[[str], str]
+    calib_cache: Callable[[str], str]
+    shapes: Callable[[tuple[ShapeRange, ...], str], str]
+    workspace_mib: Callable[[int], str]
+    timing_cache: Callable[[str], list[str]]
+    plugins: Callable[[tuple[str, ...], bool], list[str]]
+    opt_level: Callable[[int], str]
+    dla: Callable[[int], list[str]]
+    version_compatible: str
 
 
-def _trtexec(model: str, output: str, config: BuildConfig, d: Decisions) -> tuple[list[str], list[str]]:
-    build = ["trtexec", f"--onnx={_q(model)}", f"--saveEngine={_q(output)}"]
-    if "STRONGLY_TYPED" in d.network_flags:
-        build.append("--stronglyTyped")
-    build += [f"--{p}" for p in d.precisions]
+_TRTEXEC = _Spelling(
+    strongly_typed="--stronglyTyped",
+    precision=lambda p: f"--{p}",
+    calib_cache=lambda c: f"--calib={_q(c)}",
+    shapes=lambda shapes, w: f"--{w}Shapes={_trtexec_shape(shapes, w)}",
+    workspace_mib=lambda mib: f"--memPoolSize=workspace:{mib}M",
+    timing_cache=lambda p: [f"--timingCacheFile={_q(p)}"],
+    plugins=lambda libs, serialize: [w for lib in libs for w in (
+        [f"--dynamicPlugins={_q(lib)}", f"--setPluginsToSerialize={_q(lib)}"] if serialize
+        else [f"--staticPlugins={_q(lib)}"])],
+    opt_level=lambda n: f"--builderOptimizationLevel={n}",
+    dla=lambda core: [f"--useDLACore={core}", "--allowGPUFallback"],
+    version_compatible="--versionCompatible",
+)
+
+_POLYGRAPHY = _Spelling(
+    strongly_typed="--strongly-typed",
+    precision=lambda p: f"--{p}",
+    calib_cache=lambda c: f"--calibration-cache {_q(c)}",
+    shapes=lambda shapes, w: " ".join([f"--trt-{w}-shapes", *(_q(s) for s in _poly_shape(shapes, w))]),
+    workspace_mib=lambda mib: f"--pool-limit workspace:{mib}M",
+    timing_cache=lambda p: [f"--load-timing-cache {_q(p)}", f"--save-timing-cache {_q(p)}"],
+    plugins=lambda libs, serialize: [" ".join(["--plugins", *(_q(lib) for lib in libs)])],
+    opt_level=lambda n: f"--builder-optimization-level {n}",
+    dla=lambda core: ["--use-dla", "--allow-gpu-fallback"],
+    version_compatible="--version-compatible",
+)
+
+
+def _build_words(config: BuildConfig, d: Decisions, spell: _Spelling) -> list[str]:
+    """The build options of `config` / `d` in one tool's spelling, in a fixed order."""
+    words = [spell.strongly_typed] if "STRONGLY_TYPED" in d.network_flags else []
+    words += [spell.precision(p) for p in d.precisions]
     if config.calib_cache:
-        build.append(f"--calib={_q(config.calib_cache)}")
+        words.append(spell.calib_cache(config.calib_cache))
     if config.shapes:
-        build += [f"--{w}Shapes={_trtexec_shape(config.shapes, w)}" for w in ("min", "opt", "max")]
-    if (mib := _workspace_mib(config)) is not None:
-        build.append(f"--memPoolSize=workspace:{mib}M")
+        words += [spell.shapes(config.shapes, w) for w in ("min", "opt", "max")]
+    if config.workspace_bytes is not None:
+        words.append(spell.workspace_mib(max(1, config.workspace_bytes >> 20)))
     if config.timing_cache:
-        build.append(f"--timingCacheFile={_q(config.timing_cache)}")
-    for lib in config.libraries:
-        build += ([f"--dynamicPlugins={_q(lib)}", f"--setPluginsToSerialize={_q(lib)}"] if d.serialize_plugins
-                  else [f"--staticPlugins={_q(lib)}"])
+        words += spell.timing_cache(config.timing_cache)
+    if config.libraries:
+        words += spell.plugins(config.libraries, d.serialize_plugins)
     if config.builder_opt_level is not None:
-        build.append(f"--builderOptimizationLevel={config.builder_opt_level}")
+        words.append(spell.opt_level(config.builder_opt_level))
     if d.dla_core is not None:
-        build += [f"--useDLACore={d.dla_core}", "--allowGPUFallback"]
+        words += spell.dla(d.dla_core)
     if config.version_compatible:
-        build.append("--versionCompatible")
+        words.append(spell.version_compatible)
+    return words
+
+
+def _trtexec(model: str, output: str, config: BuildConfig, d: Decisions) -> tuple[list[list[str]], list[str]]:
+    build = ["trtexec", f"--onnx={_q(model)}", f"--saveEngine={_q(output)}", *_build_words(config, d, _TRTEXEC)]
     run = ["trtexec", f"--loadEngine={_q(output)}"]
     if config.shapes:
         run.append(f"--shapes={_trtexec_shape(config.shapes, 'opt')}")
@@ -86,27 +132,7 @@ def _trtexec(model: str, output: str, config: BuildConfig, d: Decisions) -> tupl
 
 
 def _polygraphy(model: str, output: str, config: BuildConfig, d: Decisions) -> tuple[list[list[str]], list[str]]:
-    cmd = [f"polygraphy convert {_q(model)}", f"-o {_q(output)}"]
-    if "STRONGLY_TYPED" in d.network_flags:
-        cmd.append("--strongly-typed")
-    cmd += [f"--{p}" for p in d.precisions]
-    if config.calib_cache:
-        cmd.append(f"--calibration-cache {_q(config.calib_cache)}")
-    if config.shapes:
-        for which in ("min", "opt", "max"):
-            cmd.append(" ".join([f"--trt-{which}-shapes", *(_q(s) for s in _poly_shape(config.shapes, which))]))
-    if (mib := _workspace_mib(config)) is not None:
-        cmd.append(f"--pool-limit workspace:{mib}M")
-    if config.timing_cache:
-        cmd += [f"--load-timing-cache {_q(config.timing_cache)}", f"--save-timing-cache {_q(config.timing_cache)}"]
-    if config.libraries:
-        cmd.append(" ".join(["--plugins", *(_q(lib) for lib in config.libraries)]))
-    if config.builder_opt_level is not None:
-        cmd.append(f"--builder-optimization-level {config.builder_opt_level}")
-    if d.dla_core is not None:
-        cmd += ["--use-dla", "--allow-gpu-fallback"]
-    if config.version_compatible:
-        cmd.append("--version-compatible")
+    cmd = [f"polygraphy convert {_q(model)}", f"-o {_q(output)}", *_build_words(config, d, _POLYGRAPHY)]
     notes = []
     if d.dla_core not in (None, 0):
         notes.append(f"polygraphy convert always uses DLA core 0; use trtexec (--useDLACore={d.dla_core}) for core "
