@@ -43,8 +43,9 @@ Formats (what differs is only how `codebook` and `scales` are chosen, `trtq.plug
 
 TensorRT face of a weight (one node replaces the ONNX face's subgraph; its output is ``Wc`` as float):
     op_type "CodebookDequantize", domain "trtq"
-    inputs  codes (uint8 [N, b·ceil(K/8)]), codebook (float16 [R, 2**b]), scales (float16 [N, n_groups]),
-            all initializers
+    inputs  codes (int32 [N, ceil(b·ceil(K/8)/4)]: the same packed bytes as words, each row zero-padded
+            to whole words, little-endian; TensorRT's constant layer refuses UINT8, `trt_face`),
+            codebook (float16 [R, 2**b]), scales (float16 [N, n_groups]), all initializers
     output  Wc float32 [N, K] (or float16 when out_dtype = 10)
     attrs   plugin_namespace = "trtq" (string), plugin_version = "1" (string),
             bits (int: 3 or 4), group_size (int: G), k (int: K), out_dtype (int: 1 FLOAT or 10 FLOAT16)

@@ -53,9 +53,10 @@ def _trtq_plugin(g: Graph) -> Iterator[Hit]:
     if not nodes:
         return
     ops = sorted({g.nodes[i].op_type for i in nodes})
-    python = ("TensorRT 10.3 has no tensorrt.plugin, so only the C++ library" if g.trt == "10.3" else
-              "or, TensorRT >= 10.16, call trtq.plugins.trt_plugin.register() in the building process")
+    python = ("TensorRT 10.3 has no tensorrt.plugin: the C++ library only" if g.trt == "10.3" else
+              "or, TensorRT >= 10.16, the tensorrt.plugin definitions: trtq build --plugins "
+              "\"$(python -m trtq.plugins.qdp_register --path)\"")
     yield Hit(nodes[0], f"{len(nodes)} trtq plugin node(s) ({', '.join(ops)}) keep codes packed: TensorRT parses "
               "them only with trtq's plugins loaded, and ONNX Runtime cannot run this graph.",
-              "load libtrtq_plugins.so (built from trtq/plugins/cpp) with trtexec --dynamicPlugins=... or "
-              f"trt.get_plugin_registry().load_library(...); {python}.")
+              "build libtrtq_plugins.so from trtq/plugins/cpp and load it (trtq build --plugins "
+              f"libtrtq_plugins.so, trtexec --dynamicPlugins=libtrtq_plugins.so); {python}.")
