@@ -75,6 +75,16 @@ def test_plugin_inputs_dequantize_to_the_onnx_face_weights(attention_faces) -> N
         np.testing.assert_array_equal(wc, ort[node.output[0]])
 
 
+def test_onnx_runtime_refuses_the_plugin_face_with_the_fix(attention_faces, tmp_path, capsys) -> None:
+    _, plugin_face, _ = attention_faces
+    with pytest.raises(TrtqError, match="without --plugins"):
+        make_session(plugin_face)
+    onnx.save(plugin_face, str(tmp_path / "p.onnx"))
+    np.savez(tmp_path / "d.npz", **attention_data(2, hidden=48))
+    code = main(["compare", str(tmp_path / "p.onnx"), str(tmp_path / "p.onnx"), "--data", str(tmp_path / "d.npz")])
+    assert code == 2 and "ONNX Runtime cannot run them" in capsys.readouterr().err
+
+
 def test_check_accepts_the_plugin_face_and_says_what_the_build_needs(attention_faces) -> None:
     _, plugin_face, report = attention_faces
     assert report["check"]["ok"]

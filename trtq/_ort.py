@@ -142,6 +142,11 @@ def make_session(
         device: cuda | cpu (None: the block's `session_device`, else cuda when onnxruntime-gpu's CUDA
             execution provider is available, else cpu); see `providers`.
     """
+    if any(node.domain == "trtq" for node in model.graph.node):  # trtq.plugins.trt_face.DOMAIN
+        raise TrtqError("this graph holds trtq TensorRT plugin nodes (written with --plugins): ONNX Runtime "
+                        "cannot run them.",
+                        "run ONNX Runtime (compare, calibrate) on the graph written without --plugins, whose "
+                        "standard-ONNX face computes the same numbers; build the plugin graph with TensorRT.")
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
