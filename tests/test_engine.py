@@ -107,6 +107,19 @@ def test_shapes_are_validated():
     assert parse_shapes(["x:2x3"])[0].max == (2, 3)
 
 
+def test_layer_precisions_from_inspector_json():
+    from trtq.engine._trt import _layers
+
+    # the shape of IEngineInspector JSON at detailed verbosity (layer names only below it)
+    info = {"Layers": ["named only", {"Name": "conv", "LayerType": "CaskConvolution", "TacticName": "sm87_xmma",
+                                      "Inputs": [{"Name": "x", "Format/Datatype": "Int8 NC/32HW32"}],
+                                      "Outputs": [{"Name": "y", "Format/Datatype": "Row major linear FP16 format"}]}]}
+    assert _layers(json.dumps(info)) == [
+        {"name": "named only"},
+        {"name": "conv", "type": "CaskConvolution", "inputs": ["int8"], "outputs": ["fp16"], "tactic": "sm87_xmma"}]
+    assert _layers("") == [] and _layers("not json") == []
+
+
 # --- without TensorRT: one message, exit status 2, nothing written ----------------------------------
 
 

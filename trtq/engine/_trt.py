@@ -122,28 +122,26 @@ def _parse(trt: Any, make: Make, model: Path, flags: int, log: Any) -> tuple[Any
     return builder, network, parser
 
 
-class _CacheOnlyCalibrator:
-    """Builds the legacy entropy calibrator class on first use: it replays a cache and never asks for data."""
+def _cache_calibrator(trt: Any, cache: bytes) -> Any:
+    """A legacy entropy calibrator that replays `cache` and never asks for data (TensorRT 10.x implicit INT8)."""
 
-    @staticmethod
-    def create(trt: Any, cache: bytes) -> Any:
-        class CacheCalibrator(trt.IInt8EntropyCalibrator2):
-            def __init__(self) -> None:
-                trt.IInt8EntropyCalibrator2.__init__(self)
+    class CacheCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
 
-            def get_batch_size(self) -> int:
-                return 1
+        def get_batch_size(self) -> int:
+            return 1
 
-            def get_batch(self, names: list[str]) -> None:
-                return None  # no data: every range comes from the cache
+        def get_batch(self, names: list[str]) -> None:
+            return None  # no data: every range comes from the cache
 
-            def read_calibration_cache(self) -> bytes:
-                return cache
+        def read_calibration_cache(self) -> bytes:
+            return cache
 
-            def write_calibration_cache(self, data: bytes) -> None:
-                return None
+        def write_calibration_cache(self, data: bytes) -> None:
+            return None
 
-        return CacheCalibrator()
+    return CacheCalibrator()
 
 
 def build_serialized(trt: Any, poly: Any, model: Path, config: BuildConfig, decisions: Decisions,
@@ -165,7 +163,7 @@ def build_serialized(trt: Any, poly: Any, model: Path, config: BuildConfig, deci
         profiles = [profile]
     calibrator = None
     if config.calib_cache is not None:
-        calibrator = _CacheOnlyCalibrator.create(trt, Path(config.calib_cache).read_bytes())
+        calibrator = _cache_calibrator(trt, Path(config.calib_cache).read_bytes())
     pools = {resolved.workspace_pool: config.workspace_bytes} if config.workspace_bytes else None
     create = poly.CreateConfig(
         profiles=profiles, int8="int8" in decisions.precisions, fp16="fp16" in decisions.precisions,
@@ -194,8 +192,7 @@ def build_serialized(trt: Any, poly: Any, model: Path, config: BuildConfig, deci
     return bytes(engine)
 
 
-_DTYPE = re.compile(r"\b(FP32|FP16|BF16|FP8|FP4|INT8|INT4|INT32|INT64|UINT8|BOOL|E8M0|Float|Half|Int8|Int32)\b",
-                    re.IGNORECASE)
+_DTYPE = re.compile(r"\b(FP32|FP16|BF16|FP8|FP4|INT8|INT4|INT32|INT64|UINT8|BOOL|E8M0|Float|Half)\b", re.IGNORECASE)
 _DTYPE_NAMES = {"float": "fp32", "half": "fp16"}
 
 
