@@ -302,7 +302,7 @@ def test_scale_not_constant() -> None:
     found(check(model), "scale-constant", "relu1_q", "error")
 
 
-@pytest.mark.parametrize("value", [0.0, -0.1, np.inf, np.nan])
+@pytest.mark.parametrize("value", [0.0, -0.1, np.inf, np.nan, 9.3e-41])  # 9.3e-41: subnormal
 def test_scale_value(value: float) -> None:
     model = qdq_model()
     set_init(model, "relu1_scale", np.float32(value))

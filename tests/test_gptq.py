@@ -160,3 +160,26 @@ def test_int4_method_is_validated():
         QuantConfig(precision="int4", int4_method="awq")
     assert "--int4-method" in err.value.fix
     assert QuantConfig.from_dict(QuantConfig(int4_method="rtn").to_dict()).int4_method == "rtn"
+
+
+def test_int4_gemm_weights_use_the_calibration_data(tmp_path):
+    """A torch Linear exports as Gemm (transB=1): with data its weight gets GPTQ, and the sidecar counts
+    the samples GPTQ read."""
+    x = _rows(64)
+    w = _weight(shape=(N, K))  # [N, K], transB
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w"], ["y"], name="fc", transB=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", N])],
+        [onnx.numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    plain = trtq.quantize(model, None, tmp_path / "plain.onnx", precision="int4", progress=False)
+    gptq = trtq.quantize(model, {"x": x}, tmp_path / "gptq.onnx", precision="int4", progress=False)
+    assert gptq.report["tensors"]["w"]["method"] == "gptq"
+    assert gptq.report["summary"]["calibration_samples"] == 64
+    assert plain.report["summary"]["calibration_samples"] == 0
+    assert (tmp_path / "plain.onnx").read_bytes() != (tmp_path / "gptq.onnx").read_bytes()
+    ref = x @ w.T
+    err = {name: float(((trtq._ort.make_session(r.model, exact_qdq=True).run(None, {"x": x})[0] - ref) ** 2).sum())
+           for name, r in (("plain", plain), ("gptq", gptq))}
+    assert err["gptq"] < err["plain"]

@@ -272,8 +272,11 @@ def _act_quant(args: argparse.Namespace) -> ActQuantConfig | None:
 
 
 def _run_quantize(args: argparse.Namespace) -> int:
+    from trtq._io import check_output
     from trtq.pipeline import quantize
 
+    check_output(args.output, {args.model: "model", args.calib_data: "calibration data",
+                               args.preprocess: "preprocessing file"})
     config = QuantConfig(
         precision=args.precision,
         calib=CalibConfig(method=args.calib_method, percentile=args.percentile, num_bins=args.num_bins,

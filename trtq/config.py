@@ -43,6 +43,8 @@ INT4_METHODS = ("gptq", "rtn")
 WEIGHT_FORMATS = ("int4", "nf4", "codebook4", "codebook3", "uniform4", "uniform3")
 # Logarithmic activation quantizers (trtq.plugins): base 2, base √2, AdaLog's searched base.
 ACT_QUANT_METHODS = ("log2", "logsqrt2", "adalog")
+# SQNR of identical outputs (trtq.evaluate.SQNR_CAP_DB, not imported here: config stays light)
+_SQNR_CAP_DB = 200.0
 # How `SelectConfig` picks calibration samples out of the candidates (trtq.calibrators.select).
 SELECT_METHODS = ("random", "density-diversity", "noise-filtered-diverse")
 
@@ -282,6 +284,8 @@ class QuantConfig(JsonConfig):
 
     def __post_init__(self) -> None:
         _choice(self.precision, PRECISIONS, "precision", "--precision")
+        if not isinstance(self.seed, numbers.Integral) or isinstance(self.seed, bool) or self.seed < 0:
+            raise TrtqError(f"seed={self.seed!r} is not an int >= 0.", "pass e.g. --seed 0.")
         if self.block_size < 2 or self.block_size & (self.block_size - 1):
             raise TrtqError(f"block_size={self.block_size} is not a power of two >= 2.", "use e.g. 32, 64 or 128.")
         if self.target is not None and self.precision not in self.target.spec.precisions:
@@ -331,6 +335,9 @@ class QuantConfig(JsonConfig):
         if self.target_sqnr is not None and not math.isfinite(self.target_sqnr):
             raise TrtqError(f"target_sqnr={self.target_sqnr} is not a finite number of dB.",
                             "pass e.g. --target-sqnr 25.")
+        if self.target_sqnr is not None and self.target_sqnr > _SQNR_CAP_DB:
+            raise TrtqError(f"target_sqnr={self.target_sqnr:g} dB is above the {_SQNR_CAP_DB:g} dB of identical "
+                            "outputs: no fallback reaches it.", "pass e.g. --target-sqnr 25.")
         if self.fallback_samples < 1:
             raise TrtqError(f"fallback_samples={self.fallback_samples} must be at least 1.", "pass e.g. 16.")
         _choice(self.fallback_dtype, FALLBACK_DTYPES, "fallback dtype", "--fallback-dtype")

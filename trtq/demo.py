@@ -69,16 +69,29 @@ def train_digits_cnn(x: np.ndarray, y: np.ndarray, *, epochs: int = 8, seed: int
 
 def run_demo(out: str | Path, *, precision: str = "int8", calib_method: str | None = None) -> dict:
     """Train, export, quantize, check and compare; print each step; return the compare report dict."""
-    import torch
+    from trtq.config import CalibConfig, QuantConfig
+
+    # every option is checked before a second of training
+    QuantConfig(precision=precision, calib=CalibConfig(method=calib_method or CalibConfig.method))
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TrtqError(f"the demo output {out} is a file, not a folder.", "pass --out with a folder path.")
+    x_train, y_train, x_test, y_test = _digits()
+    try:
+        import torch
+    except ImportError as exc:
+        raise TrtqError("the demo needs torch.", 'pip install "trtq[demo]".') from exc
 
     from trtq.evaluate import compare
     from trtq.exporter.torch_export import export
     from trtq.pipeline import quantize
 
     torch.set_num_threads(2)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    x_train, y_train, x_test, y_test = _digits()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrtqError(f"the demo output folder {out} cannot be created ({exc.strerror}).",
+                        "pass --out with a folder you can write to.") from exc
     print(f"[1/4] training a small CNN on {len(x_train)} scikit-learn digits (8x8 scans)...")
     model = train_digits_cnn(x_train, y_train)
     fp32 = export(model, (torch.from_numpy(x_train[:1]),), out / "digits_fp32.onnx", input_names=["image"],

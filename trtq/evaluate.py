@@ -500,6 +500,13 @@ class _Accumulator:
             tensor.add(ref, cand)
 
     def report(self) -> CompareReport:
+        empty = [o.name for o in self._outputs if o.errors.compared == 0 and o.errors.excluded]
+        if empty:
+            raise TrtqError(
+                f"no finite value was compared for output(s) {', '.join(empty)}: over {self.samples} samples every "
+                "reference value is NaN or infinite, so there is nothing to measure.",
+                "check the evaluation data: the FP32 model gives no finite output on it (NaN or inf inputs?).",
+            )
         tensors = [t.metrics() for t in self._tensors if not t.skipped]
         tensors.sort(key=lambda t: (t.sqnr_db, t.local_sqnr_db, t.name, t.dequantized))
         return CompareReport([o.metrics() for o in self._outputs], tensors, self.samples)

@@ -95,9 +95,11 @@ class ErrorSums:
         self.max_abs = 0.0
         self.excluded = 0
         self.nonfinite = 0
+        self.compared = 0  # values finite in both
 
     def add(self, pair: Pair) -> None:
         diff = _difference(pair)
+        self.compared += pair.ref.size - pair.excluded - pair.nonfinite
         self.ref2 += _sum_sq(pair.ref)
         self.err2 += _sum_sq(diff)
         self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)), -float(diff.min(initial=0.0)))
@@ -111,6 +113,7 @@ class ErrorSums:
         self.max_abs = max(self.max_abs, other.max_abs)
         self.excluded += other.excluded
         self.nonfinite += other.nonfinite
+        self.compared += other.compared
 
     def sqnr_db(self) -> float:
         if self.nonfinite or (self.ref2 == 0.0 and self.err2 > 0.0):

@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import platform
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -101,6 +102,8 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
               example_inputs: Any, progress: bool) -> QuantizeResult:
     started = time.perf_counter()
     fp32, source = _load_input(model, example_inputs, output)
+    if output is not None:
+        _io.check_output(output, _data_files(calib_data))
     fp32 = _prepare(fp32, cfg)
     selection, batches = _open_data(fp32, calib_data, cfg, progress)
     codebooks: dict[str, Any] = {}
@@ -145,7 +148,7 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
     for name, entry in tensors.items():
         if entry["kind"] == "activation" and name in calib_report:
             entry.update(calib_report[name])
-    report = _report(cfg, source, plan, tensors, calib_report)
+    report = _report(cfg, source, plan, tensors, calib_report, batches.num_samples if batches is not None else 0)
     report["passes"] = pass_reports
     if plugin_report is not None:
         report["plugins"] = plugin_report
@@ -163,9 +166,18 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
     result = QuantizeResult(qmodel, report, seconds=time.perf_counter() - started, pass_seconds=pass_seconds,
                             fallback=fallback)
     if output is not None:
-        result.path = _io.save_model(qmodel, output)
-        result.report_path = _io.write_json(report, _io.sidecar_path(output))
+        result.path, result.report_path = _io.save_outputs(qmodel, report, output)
     return result
+
+
+def _data_files(data: Any) -> dict[Path, str]:
+    """The file or folder calibration data is read from, when there is one."""
+    while hasattr(data, "source") and not isinstance(data, (str, os.PathLike)):  # Degraded(ImageFolder)
+        data = data.source
+    for attr in ("root", "path"):  # ImageFolder, TextSource
+        if isinstance(getattr(data, attr, None), Path):
+            return {getattr(data, attr): "calibration data"}
+    return {Path(data): "calibration data"} if isinstance(data, (str, os.PathLike)) else {}
 
 
 def _open_data(model: onnx.ModelProto, calib_data: Any, cfg: QuantConfig,
@@ -247,10 +259,21 @@ def _fallback(model: onnx.ModelProto, plan: QuantPlan, amax: dict[str, float], b
     """Sensitivity analysis and fallback when the config asks for a budget or a target SQNR."""
     if cfg.fallback_budget is None and cfg.target_sqnr is None:
         return None
-    return sensitivity_fallback(model, plan, amax, batches, cfg.precision, opset=_opset(model),
-                                budget=cfg.fallback_budget, target_sqnr=cfg.target_sqnr,
-                                samples=cfg.fallback_samples, block_size=cfg.block_size,
-                                importance=importance, progress=progress)
+    layers = len(plan.quantized_nodes)
+    if cfg.fallback_budget is not None and cfg.fallback_budget >= layers:
+        raise TrtqError(f"--fallback-budget {cfg.fallback_budget} would keep all {layers} quantized layers in "
+                        "floating point: nothing would be quantized.",
+                        f"pass a budget below {layers} (0 only reports each layer's sensitivity).")
+    result = sensitivity_fallback(model, plan, amax, batches, cfg.precision, opset=_opset(model),
+                                  budget=cfg.fallback_budget, target_sqnr=cfg.target_sqnr,
+                                  samples=cfg.fallback_samples, block_size=cfg.block_size,
+                                  importance=importance, progress=progress)
+    if result.plan.empty:
+        raise TrtqError(f"--target-sqnr {cfg.target_sqnr:g} is not reached with any of the {layers} layers "
+                        f"quantized (all quantized: {result.baseline_sqnr_db:.1f} dB): nothing would be quantized.",
+                        "pass a lower --target-sqnr, or cap the layers kept in floating point with "
+                        "--fallback-budget N.")
+    return result
 
 
 def _run_passes(model: onnx.ModelProto, cfg: QuantConfig, batches: BatchStream | None,
@@ -328,9 +351,12 @@ def _resolve_config(config: QuantConfig | None, precision: str | None, calib_met
 def _load_input(model: Any, example_inputs: Any, output: Any) -> tuple[onnx.ModelProto, dict[str, Any]]:
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
-        if output is not None and Path(output).resolve() == path.resolve():
-            raise TrtqError(f"the output {output} would overwrite the input model.", "pass a different -o/--output.")
-        return _io.load_model(path), {"path": str(path), "sha256": _io.file_sha256(path)}
+        proto = _io.load_model(path, load_weights=False)
+        if output is not None:  # before the weights are read
+            _io.check_output(output, {path: "model", **{p: "model's external data"
+                                                        for p in _io.external_data_files(proto, path)}})
+        _io.load_external_data(proto, path)
+        return proto, {"path": str(path), "sha256": _io.file_sha256(path)}
     if isinstance(model, onnx.ModelProto):
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
@@ -374,8 +400,13 @@ def _prepare(model: onnx.ModelProto, cfg: QuantConfig) -> onnx.ModelProto:
                 name += "_"
             node.name = name
             used.add(name)
-    needed = MIN_OPSET_CODEBOOK if cfg.codebook_weights else TABLE[cfg.precision].min_opset
-    target = max(cfg.opset or 0, needed, _opset(model))
+    own = _opset(model)
+    need = MIN_OPSET_CODEBOOK if cfg.codebook_weights else TABLE[cfg.precision].min_opset
+    if cfg.opset is not None and cfg.opset < max(own, need):
+        why = f"the model's opset {own}" if own > need else f"the opset {cfg.precision.upper()} needs ({need})"
+        raise TrtqError(f"--opset {cfg.opset} is below {why}; trtq never lowers an opset.",
+                        f"drop --opset, or pass {max(own, need)} or higher.")
+    target = max(cfg.opset or 0, need, own)
     if target != _opset(model):
         model = _convert_opset(model, target)
     return add_inferred_shapes(model)
@@ -409,7 +440,34 @@ def _calibrate(model: onnx.ModelProto, plan: QuantPlan, batches: BatchStream | N
     for name, st in stats.items():
         amax[name] = compute_amax(st, calib.method, cfg.precision, percentile=calib.percentile)
         report[name] = {"method": calib.method, **st.to_dict()}
+    _require_ranges(plan, stats, amax, cfg.precision)
     return report, amax
+
+
+def _require_ranges(plan: QuantPlan, stats: dict[str, Any], amax: dict[str, float], precision: str) -> None:
+    """Refuse activations whose data gives no scale: amax / qmax must be a positive normal float32.
+
+    A tensor that was zero or non-finite in every calibration sample has no range; a scale clamped to
+    a tiny value instead would be subnormal, which TensorRT cannot invert (`trtq check`: scale-value).
+    """
+    tiny, qmax = float(np.finfo(np.float32).tiny), TABLE[precision].qmax
+    bad = sorted(n for n, a in amax.items() if not (np.isfinite(a) and a / qmax >= tiny))
+    if not bad:
+        return
+    described = []
+    for name in bad[:5]:
+        st = stats[name]
+        readers = sorted({node for node, _ in plan.activations[name]})
+        described.append(f"{name!r} (read by {', '.join(readers)}; max |x| {st.amax:g} over {st.samples} samples, "
+                         f"{st.excluded} non-finite values excluded)")
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    nodes = sorted({node for name in bad for node, _ in plan.activations[name]})
+    raise TrtqError(
+        f"{len(bad)} activation tensor(s) saw no finite non-zero value in the calibration data, so no scale "
+        f"can be set: {'; '.join(described)}{more}.",
+        "check the calibration data (all-zero or NaN inputs do this), or keep the ops reading these tensors in "
+        f"floating point: --exclude '^({'|'.join(re.escape(n) for n in nodes[:5])})$'.",
+    )
 
 
 def _channel_power(model: onnx.ModelProto, plan: QuantPlan, batches: BatchStream | None, method: str,
@@ -453,10 +511,11 @@ def _codebook_bytes(tensors: dict[str, dict[str, Any]]) -> dict[str, int] | None
 
 
 def _report(cfg: QuantConfig, source: dict[str, Any], plan: QuantPlan, tensors: dict[str, dict[str, Any]],
-            calib: dict[str, dict[str, Any]]) -> dict[str, Any]:
+            calib: dict[str, dict[str, Any]], read: int | None) -> dict[str, Any]:
     import onnxruntime
 
-    samples = max((c["samples"] for c in calib.values()), default=0)
+    # the samples calibration read: activation ranges, or the INT4 weights' input statistics (GPTQ)
+    samples = max([c["samples"] for c in calib.values()] + [read or 0])
     excluded = {n: c["excluded_nonfinite"] for n, c in calib.items() if c["excluded_nonfinite"]}
     return {
         "trtq_report_version": 1,

@@ -21,6 +21,7 @@ import logging
 import os
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,26 @@ class BatchStream:
         self._spilled: list[Path] = []
         self._source = _normalise(source, what)
         self.num_samples: int | None = None
+        self._check_sample_shape()
+        if isinstance(self._source, _Arrays) and set(self._source.names) != {"__single__"}:
+            self._check_names(self._source.names)  # before any pass reads a row
+
+    def _check_sample_shape(self) -> None:
+        """An image source's sample shape against the model input it feeds, before one image is read."""
+        key_and_shape = getattr(self._source, "sample_key_and_shape", None)
+        if key_and_shape is None:
+            return
+        key, shape = key_and_shape
+        spec = self._inputs.get(key) if key != "__single__" else (
+            next(iter(self._inputs.values())) if len(self._inputs) == 1 else None)
+        if spec is None or len(spec.shape) != len(shape) + 1:
+            return  # _validate names the mismatch on the first batch
+        if any(d is not None and d != a for d, a in zip(spec.shape[1:], shape)):
+            raise TrtqError(
+                f"the image preprocessing gives samples of shape {list(shape)}, but the model input "
+                f"{spec.describe()} takes {['?' if d is None else d for d in spec.shape[1:]]}.",
+                f"match the model's input size: {_size_hint(spec, self._source)}.",
+            )
 
     def __iter__(self) -> Iterator[Batch]:
         if self._spill is not None and self.num_samples is not None:
@@ -165,6 +186,19 @@ class BatchStream:
         else:
             yield from src
 
+    def _check_names(self, names: list[str]) -> None:
+        missing = [n for n in self._inputs if n not in names]
+        extra = [n for n in names if n not in self._inputs]
+        if missing or extra:
+            expected = "; ".join(s.describe() for s in self._inputs.values())
+            raise TrtqError(
+                f"{self._what} data names {sorted(names)} do not match the model inputs"
+                + (f" (missing: {', '.join(missing)})" if missing else "")
+                + (f" (unknown: {', '.join(extra)})" if extra else "")
+                + ".",
+                f"key the arrays by the model's input names: {expected}.",
+            )
+
     def _validate(self, raw: Mapping[str, Any]) -> Batch:
         if not isinstance(raw, Mapping):
             raise TrtqError(
@@ -180,18 +214,16 @@ class BatchStream:
                     "set ImagePreprocess(input_name=...) or --input-name.",
                 )
             raw = {next(iter(self._inputs)): raw["__single__"]}
-        missing = [n for n in self._inputs if n not in raw]
-        extra = [n for n in raw if n not in self._inputs]
-        if missing or extra:
-            expected = "; ".join(s.describe() for s in self._inputs.values())
-            raise TrtqError(
-                f"{self._what} data names {sorted(raw)} do not match the model inputs"
-                + (f" (missing: {', '.join(missing)})" if missing else "")
-                + (f" (unknown: {', '.join(extra)})" if extra else "")
-                + ".",
-                f"key the arrays by the model's input names: {expected}.",
-            )
+        self._check_names(list(raw))
         return {name: _conform(np.asarray(to_numpy(raw[name])), self._inputs[name], self._what) for name in self._inputs}
+
+
+def _size_hint(spec: InputSpec, source: Any) -> str:
+    nhwc = getattr(source, "preprocess", None) is not None and source.preprocess.layout == "NHWC"
+    h, w = spec.shape[1:3] if nhwc else spec.shape[2:4]
+    if h is None or w is None:
+        return "set the crop (--crop-size / --image-size) to the model's static height and width"
+    return f"--image-size {h}" if h == w else f"--image-size {w}x{h} (width x height)"
 
 
 def open_batches(source: Any, model: onnx.ModelProto, **kwargs: Any) -> BatchStream:
@@ -255,8 +287,19 @@ class _Arrays:
         self._columns = columns
         self._label = label
 
+    @property
+    def names(self) -> list[str]:
+        return list(self._columns)
+
     def batches(self, batch_size: int) -> Iterator[Batch]:
-        readers = {name: _rows(col) for name, col in self._columns.items()}
+        readers: dict[str, _RowReader | _NpzRowReader] = {}
+        try:
+            for name, col in self._columns.items():
+                readers[name] = _rows(col)
+        except BaseException:
+            for r in readers.values():
+                r.close()
+            raise
         lengths = {name: r.length for name, r in readers.items()}
         if len(set(lengths.values())) > 1:
             raise TrtqError(
@@ -285,16 +328,27 @@ class _RowReader:
         pass
 
 
+# what reading a damaged .npz member raises: bad magic or header, truncated or corrupt compressed data
+_UNREADABLE = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, SyntaxError)
+
+
 class _NpzRowReader:
     """Reads consecutive rows of one array of an .npz without loading the whole array."""
 
     def __init__(self, path: Path, member: str) -> None:
+        self._path, self._member = path, member
         self._zip = zipfile.ZipFile(path)
-        self._fh = self._zip.open(member)
-        version = np.lib.format.read_magic(self._fh)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(self._fh)
+        try:
+            self._fh = self._zip.open(member)
+            version = np.lib.format.read_magic(self._fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(self._fh)
+        except _UNREADABLE as exc:
+            self._zip.close()
+            raise self._error(exc) from exc
         if fortran or dtype.hasobject:
+            self.close()
             raise TrtqError(f"{path}:{member} is a Fortran-ordered or object array.", "save C-ordered numeric arrays.")
         self._shape, self._dtype = shape, dtype
         self.length = shape[0] if shape else 0
@@ -304,9 +358,19 @@ class _NpzRowReader:
     def read(self, start: int, stop: int) -> np.ndarray:
         if start != self._pos:
             raise RuntimeError("rows of an .npz member are read in order")
-        buf = self._fh.read((stop - start) * self._row_bytes)
+        want = (stop - start) * self._row_bytes
+        try:
+            buf = self._fh.read(want)
+        except _UNREADABLE as exc:
+            raise self._error(exc) from exc
+        if len(buf) != want:
+            raise self._error(EOFError(f"truncated: {len(buf)} of the {want} bytes of rows {start}..{stop - 1}"))
         self._pos = stop
         return np.frombuffer(buf, dtype=self._dtype).reshape((stop - start, *self._shape[1:])).copy()
+
+    def _error(self, exc: BaseException) -> TrtqError:
+        return TrtqError(f"{self._path}: member {self._member} is not a readable array ({exc}).",
+                         "save the arrays again with numpy.savez(path, **{input_name: array}).")
 
     def close(self) -> None:
         self._fh.close()

@@ -34,6 +34,7 @@ from trtq.errors import TrtqError
 
 __all__ = [
     "ANY_INPUT",
+    "MAX_PIXELS",
     "CHANNEL_ORDERS",
     "CROP_MODES",
     "DTYPES",
@@ -62,6 +63,10 @@ CROP_MODES = ("center", "random")
 CHANNEL_ORDERS = ("RGB", "BGR")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 _EXAMPLES = 5  # skipped files named in a report and in an error
+# the most pixels one image may have after any resize or crop step: one float32 RGB sample of this size
+# takes 805 MB, so a typo such as --image-size 100000 (120 GB a sample) is refused instead of run
+_MAX_SIDE = 8192
+MAX_PIXELS = _MAX_SIDE * _MAX_SIDE
 
 Size = int | tuple[int, int]
 
@@ -177,6 +182,12 @@ class ImagePreprocess(JsonConfig):
         return (size, size) if isinstance(size, int) else size  # type: ignore[return-value]
 
     @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """The shape of one preprocessed sample: (3, H, W) for NCHW, (H, W, 3) for NHWC."""
+        w, h = self.output_size
+        return (3, h, w) if self.layout == "NCHW" else (h, w, 3)
+
+    @property
     def key(self) -> str:
         """The batch key: the input name, or `ANY_INPUT` for a one-input model."""
         return self.input_name or ANY_INPUT
@@ -193,17 +204,28 @@ class ImagePreprocess(JsonConfig):
     def _geometry(self, image: np.ndarray, index: int) -> tuple[np.ndarray, bool]:
         pil = _pil()
         img = pil.fromarray(np.ascontiguousarray(image))
-        img = _resized(img, self._target(img.size), self.interpolation)
+        img = _resized(img, self._bounded(img.size, self._target(img.size)), self.interpolation)
         upscaled = False
         if self.crop is not None:
             cw, ch = self.output_size
             w, h = img.size
             if w < cw or h < ch:
                 f = max(cw / w, ch / h)
-                img = _resized(img, (max(cw, round(w * f)), max(ch, round(h * f))), self.interpolation)
+                img = _resized(img, self._bounded(img.size, (max(cw, round(w * f)), max(ch, round(h * f)))),
+                               self.interpolation)
                 upscaled = True
         arr = np.asarray(img)
         return (self._crop(arr, index) if self.crop is not None else arr), upscaled
+
+    def _bounded(self, size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
+        """`target`, unless resizing to it would exceed `MAX_PIXELS` (checked before any pixel is made)."""
+        if target[0] * target[1] > MAX_PIXELS:
+            raise TrtqError(
+                f"the preprocessing (resize={self.resize!r}, crop={self.crop!r}) makes a {size[0]}x{size[1]} image "
+                f"{target[0]}x{target[1]}: {target[0] * target[1]:,} pixels, over the {MAX_PIXELS:,} pixels "
+                f"({_MAX_SIDE} x {_MAX_SIDE}) trtq takes per image.",
+                "use the model's input size, e.g. --image-size 224 (or resize to [width, height]).")
+        return target
 
     def _target(self, size: tuple[int, int]) -> tuple[int, int]:
         w, h = size
@@ -336,6 +358,11 @@ class ImageSource(abc.ABC):
     @abc.abstractmethod
     def images(self) -> Iterator[tuple[int, np.ndarray]]:
         """(index, uint8 RGB (H, W, 3)) for every readable image, in a fixed order."""
+
+    @property
+    def sample_key_and_shape(self) -> tuple[str, tuple[int, ...]]:
+        """(batch key, shape of one sample), for `BatchStream` to check before an image is read."""
+        return self.preprocess.key, self.preprocess.sample_shape
 
     def report(self) -> dict[str, Any]:
         """What the last pass read, for the sidecar report."""

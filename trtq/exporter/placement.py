@@ -199,7 +199,9 @@ def _plan_block(node: gs.Node, name: str, block_size: int, spec: Precision, plan
         return False
     slot = WeightSlot(node.inputs[index].name, 1 - k_axis, block_axis=k_axis)
     plan.weights.setdefault(slot, []).append((name, index))
-    if not trans_b and node.op == "MatMul" and _constant(node.inputs[0]) is None:
+    # the activation whose input channels are the weight's K: MatMul's A, Gemm's A unless transposed
+    transposed_a = node.op == "Gemm" and node.attrs.get("transA", 0)
+    if not transposed_a and _constant(node.inputs[0]) is None:
         plan.int4_inputs.setdefault(slot.tensor, node.inputs[0].name)
     return True
 

@@ -99,8 +99,10 @@ class _Namer:
 
 def _activation_qdq(graph: gs.Graph, x: gs.Tensor, amax: float, precision: str, fresh: _Namer) -> gs.Variable:
     spec = TABLE[precision]
-    scale = gs.Constant(fresh(f"{x.name}_scale"),
-                        np.asarray(max(amax, np.finfo(np.float32).tiny) / spec.qmax, dtype=np.float32))
+    value = np.float32(amax / spec.qmax)
+    if not (np.isfinite(value) and value >= np.finfo(np.float32).tiny):  # subnormal: TensorRT cannot invert it
+        raise ValueError(f"activation {x.name!r}: amax {amax!r} gives no positive normal float32 scale")
+    scale = gs.Constant(fresh(f"{x.name}_scale"), np.asarray(value, dtype=np.float32))
     zero = gs.Constant(fresh(f"{x.name}_zero_point"), spec.zero_point())
     q = gs.Variable(fresh(f"{x.name}_quantized"), dtype=spec.dtype, shape=x.shape)
     dq = gs.Variable(fresh(f"{x.name}_dequantized"), dtype=np.float32, shape=x.shape)

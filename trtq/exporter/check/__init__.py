@@ -18,7 +18,7 @@ quant-type              error    UINT8 (also a Q with no zero point), INT16,    
                                  UINT16, UINT4: TensorRT has INT8/FP8/INT4/FP4
 fp8-format              error    FP8 other than FLOAT8E4M3FN (E5M2, *FNUZ)        operators.md
 scale-constant          error    a scale that is not a build-time constant        Quantize.html
-scale-value             error    a scale value <= 0, inf or nan                   NvInfer.h
+scale-value             error    a scale value <= 0, subnormal, inf or nan        NvInfer.h
 scale-dtype             error    a scale not float32/fp16/bf16; fp16/bf16 not     NvInfer.h strong typing
                                  matching the Q input
 per-channel-activation  error    per-channel scales not on a constant             NvInfer.h

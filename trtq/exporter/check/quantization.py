@@ -23,6 +23,11 @@ from trtq.exporter.check.registry import Hit, rule
 
 __all__: list[str] = []  # the module's rules register themselves in registry.REGISTRY
 
+# the smallest normal value of a scale type (E8M0 has no subnormals: its smallest value, 2^-127)
+_SMALLEST_NORMAL = {T.FLOAT: float(np.finfo(np.float32).tiny), T.FLOAT16: float(np.finfo(np.float16).tiny),
+                    T.BFLOAT16: float(np.finfo(np.float32).tiny), T.DOUBLE: float(np.finfo(np.float64).tiny),
+                    T.FLOAT8E8M0: 2.0**-127}
+
 
 @rule("zero-point", "error", "zero points are constant 0")
 def _zero_point(g: Graph) -> Iterator[Hit]:
@@ -81,11 +86,11 @@ def _scale_constant(g: Graph) -> Iterator[Hit]:
             yield Hit(q.index, message, "store the scale as an initializer (or a Constant node).")
 
 
-@rule("scale-value", "error", "scales are positive and finite")
+@rule("scale-value", "error", "scales are positive, normal and finite")
 def _scale_value(g: Graph) -> Iterator[Hit]:
     fix = (
-        "recalibrate: an all-zero or non-finite range gives no valid scale; exclude the tensor or clamp "
-        "amax to a small positive value."
+        "recalibrate: an all-zero or non-finite range gives no valid scale (its reciprocal overflows when "
+        "the scale is subnormal); exclude the tensor or give it a range with a normal scale."
     )
     for q in g.owners("scale"):
         values = g.const_array(q.scale)
@@ -93,9 +98,14 @@ def _scale_value(g: Graph) -> Iterator[Hit]:
             continue
         if values.size == 0:
             yield Hit(q.index, f"scale '{q.scale}' is empty.", fix)
-        elif not np.all(np.isfinite(values) & (values > 0)):
-            bad = values[~(np.isfinite(values) & (values > 0))].ravel()
-            message = f"scale '{q.scale}' holds {bad[0]:g} ({bad.size} value(s) not positive and finite)."
+            continue
+        tiny = _SMALLEST_NORMAL.get(g.dtype(q.scale), _SMALLEST_NORMAL[T.FLOAT])
+        with np.errstate(invalid="ignore"):
+            good = np.isfinite(values) & (values >= tiny)
+        if not np.all(good):
+            bad = values[~good].ravel()
+            message = (f"scale '{q.scale}' holds {float(bad[0]):g} ({bad.size} value(s) not positive, normal "
+                       "and finite).")
             yield Hit(q.index, message, fix)
 
 
