@@ -34,13 +34,13 @@ from trtq.errors import TrtqError
 
 __all__ = [
     "ANY_INPUT",
-    "MAX_PIXELS",
     "CHANNEL_ORDERS",
     "CROP_MODES",
     "DTYPES",
     "IMAGE_EXTENSIONS",
     "INTERPOLATIONS",
     "LAYOUTS",
+    "MAX_PIXELS",
     "ImageFolder",
     "ImageList",
     "ImagePreprocess",
