@@ -88,17 +88,6 @@ def attention_data(n: int, seed: int = 0, seq: int = 8, hidden: int = 128) -> di
     return {"x": rs.randn(n, seq, hidden).astype(np.float32), "mask": mask}
 
 
-def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
-    noise = float(((ref.astype(np.float64) - out) ** 2).sum())
-    return float("inf") if noise == 0 else 10 * np.log10(float((ref.astype(np.float64) ** 2).sum()) / noise)
-
-
-def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    from trtq._ort import make_session
-
-    return make_session(model).run(None, feeds)[0]
-
-
 def init(name: str, value: np.ndarray) -> onnx.TensorProto:
     """A float32 initializer."""
     return _init(name, value)
@@ -144,3 +133,131 @@ def convnext_block(seed: int = 0, channels: int = 32, size: int = 8) -> onnx.Mod
         inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+# --- transformer blocks: a post-LayerNorm BERT layer, two LayerNorm branches ------------------------------
+
+OUTLIERS = (3, 17, 40)
+
+
+def init_typed(name: str, arr: np.ndarray, dtype: type = np.float32) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(arr, dtype=dtype), name)
+
+
+def opset17_model(nodes: list, inputs: list, outputs: list, inits: list, name: str) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, name, inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def layernorm(name: str, x: str, out: str) -> onnx.NodeProto:
+    return helper.make_node("LayerNormalization", [x, f"{name}_gamma", f"{name}_beta"], [out], name=name,
+                            axis=-1)
+
+
+def norm_params(rs: np.random.RandomState, name: str, h: int,
+                 outliers: tuple[int, ...]) -> list[onnx.TensorProto]:
+    """A LayerNorm affine with a few large channels, as trained BERT LayerNorms have."""
+    gamma, beta = 1.0 + 0.1 * rs.randn(h), 0.1 * rs.randn(h)
+    gamma[list(outliers)] = 15.0 * (1 + rs.rand(len(outliers)))
+    beta[list(outliers)] = 3.0 * rs.randn(len(outliers))
+    return [init_typed(f"{name}_gamma", gamma), init_typed(f"{name}_beta", beta)]
+
+
+def _attention_nodes(heads: int) -> list[onnx.NodeProto]:
+    nodes = []
+    for p, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
+        nodes += [
+            helper.make_node("MatMul", ["ln0", f"w{p}"], [f"{p}_mm"], name=f"{p}_proj"),
+            helper.make_node("Add", [f"{p}_mm", f"b{p}"], [f"{p}_lin"], name=f"{p}_bias"),
+            helper.make_node("Reshape", [f"{p}_lin", "head_shape"], [f"{p}_heads"], name=f"{p}_split"),
+            helper.make_node("Transpose", [f"{p}_heads"], [f"{p}_t"], name=f"{p}_transpose", perm=perm),
+        ]
+    return nodes + [
+        helper.make_node("MatMul", ["q_t", "k_t"], ["scores"], name="qk_matmul"),
+        helper.make_node("Mul", ["scores", "attn_scale"], ["scaled"], name="qk_scale"),
+        helper.make_node("Add", ["scaled", "mask"], ["masked"], name="mask_add"),
+        helper.make_node("Softmax", ["masked"], ["probs"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["probs", "v_t"], ["ctx_heads"], name="av_matmul"),
+        helper.make_node("Transpose", ["ctx_heads"], ["ctx_t"], name="ctx_transpose", perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["ctx_t", "merge_shape"], ["ctx"], name="ctx_merge"),
+        helper.make_node("MatMul", ["ctx", "wo"], ["o_mm"], name="o_proj"),
+        helper.make_node("Add", ["o_mm", "bo"], ["o"], name="o_bias"),
+        helper.make_node("Add", ["o", "ln0"], ["res1"], name="residual1"),
+    ]
+
+
+def _ffn_nodes() -> list[onnx.NodeProto]:
+    return [
+        helper.make_node("MatMul", ["ln1", "w1"], ["up_mm"], name="ffn_up"),
+        helper.make_node("Add", ["up_mm", "b1"], ["up"], name="ffn_up_bias"),
+        helper.make_node("Div", ["up", "sqrt2"], ["g1"], name="gelu_div"),
+        helper.make_node("Erf", ["g1"], ["g2"], name="gelu_erf"),
+        helper.make_node("Add", ["g2", "one"], ["g3"], name="gelu_add"),
+        helper.make_node("Mul", ["g3", "half"], ["g4"], name="gelu_half"),
+        helper.make_node("Mul", ["up", "g4"], ["gelu"], name="gelu_mul"),
+        helper.make_node("MatMul", ["gelu", "w2"], ["down_mm"], name="ffn_down"),
+        helper.make_node("Add", ["down_mm", "b2"], ["down"], name="ffn_down_bias"),
+        helper.make_node("Add", ["down", "ln1"], ["res2"], name="residual2"),
+    ]
+
+
+def bert_block(seed: int = 0, hidden: int = 64, heads: int = 4, ffn: int = 128) -> onnx.ModelProto:
+    """A post-LayerNorm BERT layer: LayerNorm -> Q/K/V (per-head Reshape/Transpose) -> attention ->
+    out-proj -> residual -> LayerNorm -> FFN (Erf GELU) -> residual -> LayerNorm."""
+    rs = np.random.RandomState(seed)
+    h, dh = hidden, hidden // heads
+    inits = [init_typed(n, rs.randn(h, h) / np.sqrt(h)) for n in ("wq", "wk", "wv", "wo")]
+    inits += [init_typed(n, 0.1 * rs.randn(h)) for n in ("bq", "bk", "bv", "bo")]
+    inits += [init_typed("w1", rs.randn(h, ffn) / np.sqrt(h)), init_typed("b1", 0.1 * rs.randn(ffn)),
+              init_typed("w2", rs.randn(ffn, h) / np.sqrt(ffn)), init_typed("b2", 0.1 * rs.randn(h))]
+    for name in ("ln0", "ln1", "ln2"):
+        inits += norm_params(rs, name, h, OUTLIERS)
+    inits += [init_typed("head_shape", [0, 0, heads, dh], np.int64), init_typed("merge_shape", [0, 0, h], np.int64),
+              init_typed("attn_scale", 1 / np.sqrt(dh)), init_typed("sqrt2", np.sqrt(2.0)), init_typed("one", 1.0),
+              init_typed("half", 0.5)]
+    nodes = [layernorm("ln0", "x", "ln0"), *_attention_nodes(heads), layernorm("ln1", "res1", "ln1"),
+             *_ffn_nodes(), layernorm("ln2", "res2", "y")]
+    return opset17_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", h]),
+         helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", 1, 1, "seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", h])],
+        inits, "bert_block",
+    )
+
+
+def bert_data(n: int, seed: int = 1, hidden: int = 64, seq: int = 8) -> dict[str, np.ndarray]:
+    rs = np.random.RandomState(seed)
+    x = rs.randn(n, seq, hidden).astype(np.float32)
+    x[:, :, list(OUTLIERS)] *= 8.0
+    mask = np.zeros((n, 1, 1, seq), np.float32)
+    mask[: n // 2, ..., -2:] = -10000.0  # half the samples pad their last two tokens
+    return {"x": x, "mask": mask}
+
+
+
+
+def two_norms_one_weight(share: str) -> onnx.ModelProto:
+    """Two LayerNorm -> MatMul branches sharing either the MatMul weight or the LayerNorm affine."""
+    rs = np.random.RandomState(6)
+    params = norm_params(rs, "lna", 32, (1, 7)) + norm_params(rs, "lnb", 32, (1, 7))
+    inits = params + [init_typed("wa", rs.randn(32, 16) / 6), init_typed("wb", rs.randn(32, 16) / 6)]
+    w_b = "wa" if share == "weight" else "wb"
+    norm_b = "lna" if share == "affine" else "lnb"
+    nodes = [
+        layernorm("lna", "xa", "na"),
+        helper.make_node("LayerNormalization", ["xb", f"{norm_b}_gamma", f"{norm_b}_beta"], ["nb"],
+                         name="lnb", axis=-1),
+        helper.make_node("MatMul", ["na", "wa"], ["ya"], name="mm_a"),
+        helper.make_node("MatMul", ["nb", w_b], ["yb"], name="mm_b"),
+    ]
+    vi = helper.make_tensor_value_info
+    inputs = [vi("xa", TensorProto.FLOAT, ["batch", 32]), vi("xb", TensorProto.FLOAT, ["batch", 32])]
+    return opset17_model(nodes, inputs,
+                  [vi("ya", TensorProto.FLOAT, ["batch", 16]), vi("yb", TensorProto.FLOAT, ["batch", 16])],
+                  inits, "two_norms")
+
+
+def two_norm_data(n: int, seed: int) -> dict[str, np.ndarray]:
+    rs = np.random.RandomState(seed)
+    return {"xa": rs.randn(n, 32).astype(np.float32), "xb": rs.randn(n, 32).astype(np.float32)}

@@ -187,16 +187,16 @@ def test_int4_is_reported_not_corrected() -> None:
 
 
 def test_needs_calibration_data() -> None:
-    with pytest.raises(TrtqError, match="biascorr"):
+    with pytest.raises(TrtqError, match="bias_correction"):
         bias_correction(conv(), PassContext(QuantConfig(), None))
 
 
 def test_biascorr_runs_in_the_pipeline(conv_model, conv_calib) -> None:
     result = trtq.quantize(conv_model, conv_calib, config=QuantConfig(passes=("biascorr",)), progress=False)
-    report = result.report["passes"]["biascorr"]
+    report = result.report["passes"]["bias_correction"]
     assert {layer["node"] for layer in report["layers"]} == set(result.report["quantized_nodes"])
     assert result.report["check"]["counts"]["warning"] == 0
-    assert "biascorr" in result.pass_seconds
+    assert "bias_correction" in result.pass_seconds
 
 
 @pytest.mark.slow

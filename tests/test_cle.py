@@ -14,7 +14,8 @@ import trtq
 from trtq._ort import make_session
 from trtq.config import QuantConfig
 from trtq.errors import TrtqError
-from trtq.exporter.passes.cle import cross_layer_equalization
+from trtq.exporter.passes.cle import CleOptions, cross_layer_equalization
+from trtq.exporter.passes.context import PassContext
 
 OPSET = 18
 SEED = 0
@@ -130,7 +131,7 @@ PAIRS = {"conv-relu-conv": 1, "conv-relu-maxpool-conv": 1, "conv-none-conv": 1, 
 def test_cle_is_exact_and_equalizes(case: str) -> None:
     model = CASES[case]()
     original = model.SerializeToString()
-    result = cross_layer_equalization(model)
+    result = cross_layer_equalization(model, PassContext())
     assert model.SerializeToString() == original, "the input model must not change"
     report = result.report
     assert len(report["pairs"]) == PAIRS[case] and report["skipped"] == []
@@ -147,7 +148,7 @@ def test_cle_is_exact_and_equalizes(case: str) -> None:
 def test_three_layer_chain_reaches_the_geometric_mean() -> None:
     """pw → dw → pw: every channel's three ranges end equal to (r1·r2·r3)^(1/3) (DFQ's depthwise case)."""
     model = pointwise_depthwise_pointwise()
-    before, after = _initializers(model), _initializers(cross_layer_equalization(model).model)
+    before, after = _initializers(model), _initializers(cross_layer_equalization(model, PassContext()).model)
 
     def ranges(w: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return (np.abs(w["w1"]).max(axis=(1, 2, 3)), np.abs(w["wd"]).max(axis=(1, 2, 3)),
@@ -162,7 +163,7 @@ def test_three_layer_chain_reaches_the_geometric_mean() -> None:
 
 def test_relu6_becomes_relu_and_per_channel_min() -> None:
     model = conv_act_conv("relu6")
-    result = cross_layer_equalization(model)
+    result = cross_layer_equalization(model, PassContext())
     assert _ops(result.model) == ["Conv", "Relu", "Min", "Conv"]
     assert result.report["pairs"][0]["relu6_rescaled"] and result.report["relu6"].startswith("rescaled")
     bound = next(v for k, v in _initializers(result.model).items() if k.endswith("cle_bound"))
@@ -174,14 +175,14 @@ def test_relu6_becomes_relu_and_per_channel_min() -> None:
 
 def test_relu6_skip_mode_leaves_the_pair() -> None:
     model = conv_act_conv("relu6")
-    result = cross_layer_equalization(model, relu6="skip")
+    result = cross_layer_equalization(model, PassContext(), CleOptions(relu6="skip"))
     assert result.model is model and result.report["pairs"] == []
     assert result.report["skipped"] == [{"layers": ["conv1", "conv2"], "reason": "ReLU6 bound"}]
 
 
 def test_unknown_relu6_mode_is_a_user_error() -> None:
     with pytest.raises(TrtqError, match="relu6"):
-        cross_layer_equalization(conv_act_conv(), relu6="clip")
+        CleOptions(relu6="clip")
 
 
 def _two_conv_graph(middle: list[onnx.NodeProto], second_input: str, extra_inits: tuple = (),
@@ -228,7 +229,7 @@ SKIPS = {
 def test_pairs_that_do_not_commute_are_skipped(case: str) -> None:
     build, reason = SKIPS[case]
     model = build()
-    result = cross_layer_equalization(model)
+    result = cross_layer_equalization(model, PassContext())
     assert result.model is model and result.report["pairs"] == []
     assert [s["layers"] for s in result.report["skipped"]] == [["conv1", "conv2"]]
     assert reason in result.report["skipped"][0]["reason"]
@@ -246,7 +247,7 @@ def test_weight_shared_outside_the_pair_is_untouched() -> None:
              helper.make_node("Conv", ["a3", "w1"], ["c4"], name="conv4"),  # w1 is shared with conv1
              helper.make_node("Add", ["c2", "c4"], ["y"], name="add")]
     model = _model(nodes, inits, [1, 4, 3, 3], [1, 4, 3, 3])
-    result = cross_layer_equalization(model)
+    result = cross_layer_equalization(model, PassContext())
     assert result.report["pairs"] == []
     assert {tuple(s["layers"]) for s in result.report["skipped"]} == {("conv1", "conv2"), ("conv3", "conv4")}
     assert all("shared" in s["reason"] for s in result.report["skipped"])
@@ -269,7 +270,7 @@ def test_pooled_conv_to_gemm_is_a_pair(clip_after_pool: bool) -> None:
         tensor = f"c{i + 1}"
     nodes.append(helper.make_node("Gemm", [tensor, "wf", "bf"], ["y"], name="fc", transB=1))
     model = _model(nodes, inits, [2, 3, 5, 5], [2, 4])
-    result = cross_layer_equalization(model)
+    result = cross_layer_equalization(model, PassContext())
     assert [p["layers"] for p in result.report["pairs"]] == [["conv", "fc"]]
     assert result.report["pairs"][0]["activation"] == " → ".join(op for op, _, _ in chain)
     _assert_exact(model, result.model, scale=10.0)
@@ -289,7 +290,7 @@ def test_efficientnet_lite0_stays_exact(effnet_fp32) -> None:
     from trtq.testing.data import EVAL_PHOTOS, image_batch
 
     model = effnet_fp32
-    result = cross_layer_equalization(model)
+    result = cross_layer_equalization(model, PassContext())
     assert len(result.report["pairs"]) >= 30 and result.report["converged"]
     assert sum(p["relu6_rescaled"] for p in result.report["pairs"]) >= 30
     x = {"images": image_batch(EVAL_PHOTOS, 8)}

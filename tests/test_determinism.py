@@ -1,6 +1,6 @@
 """Same model, same samples: byte-identical model and sidecar whatever `--batch-size` and sample order.
 
-Under the default passes: `biascorr` for CNNs in INT8 and FP8 (its input sums are exact), `rotate_online`
+Under the default passes: `bias_correction` for CNNs in INT8 and FP8 (its input sums are exact), `rotate_online`
 for transformers in INT8; FP8 attention runs no pass.
 """
 
@@ -49,7 +49,7 @@ def test_batch_size_and_sample_order_change_no_byte(case: str, tmp_path: Path) -
         np.savez(path, **{k: v[perm] for k, v in data.items()})
         runs.append(_quantize(model, path, tmp_path / f"q{i}" / "q.onnx", precision, batch_size))
     passes = runs[0][1]["passes"]
-    assert list(passes) == {"cnn-int8": ["biascorr"], "cnn-fp8": ["biascorr"],
+    assert list(passes) == {"cnn-int8": ["bias_correction"], "cnn-fp8": ["bias_correction"],
                             "transformer-int8": ["rotate_online"], "transformer-fp8": []}[case]
     for model_bytes, sidecar in runs[1:]:
         assert model_bytes == runs[0][0]

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from trtq.exporter.passes import PassResult, fold_batchnorm
+from trtq.exporter.passes import PassContext, PassResult, fold_batchnorm
 
 OPSET = 18
 RNG_SEED = 0
@@ -119,7 +119,7 @@ def test_fold_is_exact(case: str) -> None:
     rng = np.random.default_rng(RNG_SEED)
     model = CASES[case](rng)
     original = model.SerializeToString()
-    result = fold_batchnorm(model)
+    result = fold_batchnorm(model, PassContext())
     assert isinstance(result, PassResult)
     assert result.report == {"folded": ["bn"], "skipped": []}
     assert "BatchNormalization" not in _ops(result.model)
@@ -132,7 +132,7 @@ def test_fold_is_exact(case: str) -> None:
 
 
 def test_names_kept_and_bias_created() -> None:
-    result = fold_batchnorm(_conv_bn(np.random.default_rng(RNG_SEED), bias=False))
+    result = fold_batchnorm(_conv_bn(np.random.default_rng(RNG_SEED), bias=False), PassContext())
     conv = result.model.graph.node[0]
     assert list(conv.input) == ["x", "conv.weight", "conv.bias"]
     assert conv.name == "conv"
@@ -151,7 +151,7 @@ def test_shared_weight_is_skipped_and_untouched() -> None:
     model = _model(
         nodes, [numpy_helper.from_array(weight, "w"), *_bn_params(rng, 8)], [1, 4, 6, 6], [1, 8, 6, 6]
     )
-    result = fold_batchnorm(model)
+    result = fold_batchnorm(model, PassContext())
     assert result.report["folded"] == []
     assert result.report["skipped"] == [
         {"node": "bn", "reason": "Conv parameter 'w' is shared with ['conv2']"}
@@ -179,7 +179,7 @@ def test_shared_weight_does_not_block_other_folds() -> None:
     graph.node.append(helper.make_node("Add", ["z", "b2"], ["out"], name="add2"))
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 8, 6, 6]))
-    result = fold_batchnorm(shared)
+    result = fold_batchnorm(shared, PassContext())
     assert result.report["folded"] == ["bn2"]
     assert [s["node"] for s in result.report["skipped"]] == ["bn"]
     _assert_same_outputs(shared, result.model, _feeds(shared, rng))
@@ -190,7 +190,7 @@ def test_weight_read_by_shape_still_folds() -> None:
     model = _conv_bn(rng, bias=True)
     model.graph.node.append(helper.make_node("Shape", ["conv.weight"], ["kernel_shape"], name="shape"))
     model.graph.output.append(helper.make_tensor_value_info("kernel_shape", TensorProto.INT64, [4]))
-    result = fold_batchnorm(model)
+    result = fold_batchnorm(model, PassContext())
     assert result.report == {"folded": ["bn"], "skipped": []}
     onnx.checker.check_model(result.model, full_check=True)
     assert [i.name for i in result.model.graph.initializer].count("conv.weight") == 1
@@ -210,7 +210,7 @@ def test_bn_after_other_op_or_with_shared_output_is_skipped() -> None:
     model = _model(
         nodes, [weight, *_bn_params(rng, 8), *_bn_params(rng, 8, "bn2")], [1, 4, 6, 6], [1, 8, 6, 6]
     )
-    result = fold_batchnorm(model)
+    result = fold_batchnorm(model, PassContext())
     assert result.report["folded"] == []
     reasons = {s["node"]: s["reason"] for s in result.report["skipped"]}
     assert reasons == {
@@ -230,7 +230,7 @@ def test_non_constant_parameter_is_skipped() -> None:
         [1, 8, 4, 4],
         extra_inputs=[helper.make_tensor_value_info("w", TensorProto.FLOAT, [8, 4, 3, 3])],
     )
-    result = fold_batchnorm(model)
+    result = fold_batchnorm(model, PassContext())
     assert result.report["skipped"] == [
         {"node": "bn", "reason": "Conv parameter 'w' is not a constant initializer"}
     ]
@@ -242,6 +242,6 @@ def test_no_batchnorm_returns_model_unchanged() -> None:
     model = _model(
         [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], [weight], [1, 4, 6, 6], [1, 8, 4, 4]
     )
-    result = fold_batchnorm(model)
+    result = fold_batchnorm(model, PassContext())
     assert result.model is model
     assert result.report == {"folded": [], "skipped": []}

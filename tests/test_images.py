@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import graphs
+import helpers
 from trtq.calibrators.data import BatchStream, InputSpec
 from trtq.calibrators.images import (
     ANY_INPUT,
@@ -186,7 +187,7 @@ def test_quantize_calibrates_on_an_image_folder(folder, conv_model):
     pre = ImagePreprocess(resize=14, crop=12, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     result = trtq.quantize(conv_model, ImageFolder(folder, pre), progress=False)
     assert result.report["summary"]["calibration_samples"] == 4
-    ref = graphs.run(graphs.conv_block(), {"input": _all(ImageFolder(folder, pre))})
+    ref = helpers.run(graphs.conv_block(), {"input": _all(ImageFolder(folder, pre))})
     assert np.isfinite(ref).all()
 
 

@@ -7,6 +7,7 @@ import onnx
 import pytest
 
 import graphs
+import helpers
 from trtq import _io
 from trtq.errors import TrtqError
 
@@ -18,7 +19,7 @@ def test_large_models_keep_weights_in_external_data(tmp_path, monkeypatch):
     assert path.stat().st_size < (tmp_path / "m.onnx.data").stat().st_size
     loaded = _io.load_model(path)
     feeds = graphs.conv_data(2)
-    np.testing.assert_array_equal(graphs.run(loaded, feeds), graphs.run(graphs.conv_block(), feeds))
+    np.testing.assert_array_equal(helpers.run(loaded, feeds), helpers.run(graphs.conv_block(), feeds))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
 
 

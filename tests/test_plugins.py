@@ -9,7 +9,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from tests.graphs import attention_block, attention_data, conv_block, conv_data, run, sqnr_db
+from graphs import attention_block, attention_data, conv_block, conv_data
+from helpers import run, sqnr_db
 from trtq.config import ActQuantConfig, QuantConfig
 from trtq.errors import TrtqError
 from trtq.plugins.fit import fit_codebook_weight, lloyd_max

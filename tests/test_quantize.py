@@ -12,6 +12,7 @@ import pytest
 from onnx import numpy_helper
 
 import graphs
+import helpers
 import trtq
 from trtq.config import QuantConfig
 from trtq.errors import TrtqError
@@ -32,7 +33,7 @@ def test_int8_conv_block(conv_model, conv_calib, tmp_path, method):
     model = onnx.load(str(out))
     onnx.checker.check_model(model, full_check=True)
     feeds = graphs.conv_data(16, seed=9)
-    assert graphs.sqnr_db(graphs.run(graphs.conv_block(), feeds), graphs.run(model, feeds)) > 25
+    assert helpers.sqnr_db(helpers.run(graphs.conv_block(), feeds), helpers.run(model, feeds)) > 25
     inits = _inits(model)
     for q in _nodes(model, "QuantizeLinear"):  # symmetric per-tensor activations, scale = amax / 127
         assert inits[q.input[2]].dtype == np.int8 and inits[q.input[2]] == 0 and inits[q.input[1]].shape == ()
@@ -54,8 +55,8 @@ def test_int8_attention_with_infinite_mask(attention_model, attention_calib, tmp
     quantized = {q.input[0] for q in _nodes(model, "QuantizeLinear")}
     assert quantized == {"x", "q", "kt", "probs", "v", "ctx"}
     feeds = graphs.attention_data(8, seed=5)
-    ref, out = graphs.run(graphs.attention_block(), feeds), graphs.run(model, feeds)
-    assert np.isfinite(out).all() and graphs.sqnr_db(ref, out) > 20
+    ref, out = helpers.run(graphs.attention_block(), feeds), helpers.run(model, feeds)
+    assert np.isfinite(out).all() and helpers.sqnr_db(ref, out) > 20
     assert result.report["check"]["ok"] and result.report["check"]["counts"]["error"] == 0
 
 
@@ -69,7 +70,7 @@ def test_fp8(attention_model, attention_calib, tmp_path):
         assert inits[q.input[2]].dtype == ml_dtypes.float8_e4m3fn
         assert inits[q.input[1]] > 0
     feeds = graphs.attention_data(8, seed=5)
-    assert graphs.sqnr_db(graphs.run(graphs.attention_block(), feeds), graphs.run(model, feeds)) > 20
+    assert helpers.sqnr_db(helpers.run(graphs.attention_block(), feeds), helpers.run(model, feeds)) > 20
 
 
 def test_int4_weight_only_blockwise(attention_model, tmp_path):
@@ -90,7 +91,7 @@ def test_int4_weight_only_blockwise(attention_model, tmp_path):
     scale = np.asarray(entry["scale"], np.float32)
     np.testing.assert_allclose(np.repeat(scale, 32, axis=0) * q, _dequant(model, dq), rtol=1e-6)
     feeds = graphs.attention_data(8, seed=5)
-    assert graphs.sqnr_db(graphs.run(graphs.attention_block(), feeds), graphs.run(model, feeds)) > 15
+    assert helpers.sqnr_db(helpers.run(graphs.attention_block(), feeds), helpers.run(model, feeds)) > 15
 
 
 def _dequant(model: onnx.ModelProto, dq: onnx.NodeProto) -> np.ndarray:
@@ -101,7 +102,7 @@ def _dequant(model: onnx.ModelProto, dq: onnx.NodeProto) -> np.ndarray:
                           [i for i in model.graph.initializer if i.name in dq.input]),
         opset_imports=[helper.make_opsetid("", 21)],
     )
-    return graphs.run(sub, {})
+    return helpers.run(sub, {})
 
 
 def test_same_inputs_give_byte_identical_outputs(conv_model, conv_calib, tmp_path):
@@ -211,7 +212,7 @@ def test_torch_conv_bn_relu6_add_placement(tmp_path):
     assert result.report["check"]["counts"]["warning"] == 0
     feeds = {"x": np.random.RandomState(1).randn(4, 3, 12, 12).astype(np.float32)}
     ref = module(torch.from_numpy(feeds["x"])).detach().numpy()
-    assert graphs.sqnr_db(ref, graphs.run(model, feeds)) > 25
+    assert helpers.sqnr_db(ref, helpers.run(model, feeds)) > 25
 
 
 def test_qdq_names_never_collide_with_existing_tensors(tmp_path):
@@ -225,4 +226,4 @@ def test_qdq_names_never_collide_with_existing_tensors(tmp_path):
     model.graph.output.append(helper.make_tensor_value_info("y2", TensorProto.FLOAT, ["batch", 8, 128]))
     result = trtq.quantize(model, graphs.attention_data(8), progress=False)
     feeds = graphs.attention_data(4, seed=5)
-    assert graphs.sqnr_db(graphs.run(model, feeds), graphs.run(result.model, feeds)) > 20
+    assert helpers.sqnr_db(helpers.run(model, feeds), helpers.run(result.model, feeds)) > 20

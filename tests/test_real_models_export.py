@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from trtq.exporter.passes import fold_batchnorm
+from trtq.exporter.passes import PassContext, fold_batchnorm
 
 torch = pytest.importorskip("torch")
 models = pytest.importorskip("trtq.testing.models")
@@ -74,7 +74,7 @@ def test_fold_batchnorm_on_efficientnet_raw_export(efficientnet: torch.nn.Module
     raw = program.model_proto
     onnxscript.optimizer.fold_constants(raw)
     onnxscript.optimizer.remove_unused_nodes(raw)
-    result = fold_batchnorm(raw)
+    result = fold_batchnorm(raw, PassContext())
     assert len(result.report["folded"]) == 49
     assert result.report["skipped"] == []
     assert "BatchNormalization" not in {n.op_type for n in result.model.graph.node}

@@ -6,33 +6,30 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from test_smoothquant import (
-    _init,
-    _layernorm,
-    _model,
-    _norm_params,
-    _two_norm_data,
-    _two_norms_one_weight,
-    _weights,
-    assert_exact_and_helps_int8,
+
+from graphs import (
     bert_block,
     bert_data,
-    minilm_sentences,
-    pass_context,
-    relative_error,
+    init_typed,
+    layernorm,
+    norm_params,
+    opset17_model,
+    two_norm_data,
+    two_norms_one_weight,
 )
+from helpers import assert_exact_and_helps_int8, initializers, minilm_sentences, pass_context, relative_error
 
 import trtq
 from trtq._ort import make_session, outputs_added
 from trtq.config import QuantConfig
-from trtq.exporter.passes.repq import repq_reparameterize, repq_scales
+from trtq.exporter.passes.repq import RepqOptions, repq_reparameterize, repq_scales
 
 
 @pytest.mark.parametrize("shift", [True, False])
 def test_bert_block_is_exact_and_residuals_restored(shift):
     model = bert_block()
     before = model.SerializeToString()
-    result = repq_reparameterize(model, pass_context(model, bert_data(64)), shift=shift)
+    result = repq_reparameterize(model, pass_context(model, bert_data(64)), RepqOptions(shift=shift))
     assert model.SerializeToString() == before
     report = result.report
     assert report["shift"] is shift
@@ -77,15 +74,15 @@ def test_repq_scales_match_the_formula():
 def _norm_into_bias_free_linears() -> onnx.ModelProto:
     """LayerNorm -> MatMul without a bias (the shift needs a new Add), and -> Gemm(transB) with C."""
     rs = np.random.RandomState(8)
-    inits = _norm_params(rs, "ln", 32, (4, 11))
-    inits += [_init("w", rs.randn(32, 16) / 6), _init("gw", rs.randn(8, 32) / 6), _init("gc", rs.randn(8))]
+    inits = norm_params(rs, "ln", 32, (4, 11))
+    inits += [init_typed("w", rs.randn(32, 16) / 6), init_typed("gw", rs.randn(8, 32) / 6), init_typed("gc", rs.randn(8))]
     nodes = [
-        _layernorm("ln", "x", "n"),
+        layernorm("ln", "x", "n"),
         helper.make_node("MatMul", ["n", "w"], ["y"], name="mm"),
         helper.make_node("Gemm", ["n", "gw", "gc"], ["z"], name="gemm", transB=1, beta=0.5),
     ]
     vi = helper.make_tensor_value_info
-    return _model(nodes, [vi("x", TensorProto.FLOAT, ["batch", 32])],
+    return opset17_model(nodes, [vi("x", TensorProto.FLOAT, ["batch", 32])],
                   [vi("y", TensorProto.FLOAT, ["batch", 16]), vi("z", TensorProto.FLOAT, ["batch", 8])],
                   inits, "ln_lin")
 
@@ -102,16 +99,16 @@ def test_shift_goes_into_a_new_bias_or_gemm_c():
 
 
 def test_weight_shared_outside_the_match_is_untouched_and_reported():
-    model = _two_norms_one_weight("weight")
-    result = repq_reparameterize(model, pass_context(model, _two_norm_data(128, 0)))
+    model = two_norms_one_weight("weight")
+    result = repq_reparameterize(model, pass_context(model, two_norm_data(128, 0)))
     assert result.report["reparameterized"] == [] and result.model is model
     assert all("'wa'" in s["reason"] and "shared" in s["reason"] for s in result.report["skipped"])
-    np.testing.assert_array_equal(_weights(result.model)["wa"], _weights(model)["wa"])
+    np.testing.assert_array_equal(initializers(result.model)["wa"], initializers(model)["wa"])
 
 
 def test_shared_layernorm_affine_is_not_reparameterized():
-    model = _two_norms_one_weight("affine")
-    result = repq_reparameterize(model, pass_context(model, _two_norm_data(128, 0)))
+    model = two_norms_one_weight("affine")
+    result = repq_reparameterize(model, pass_context(model, two_norm_data(128, 0)))
     assert result.report["reparameterized"] == []
     assert all("shared" in s["reason"] for s in result.report["skipped"])
 

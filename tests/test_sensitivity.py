@@ -10,6 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper, version_converter
 
 import graphs
+import helpers
 import trtq
 from trtq.calibrators.data import open_batches
 from trtq.cli import main
@@ -69,7 +70,7 @@ def _fallback(model: onnx.ModelProto, data: dict[str, np.ndarray], **kwargs):
 
 
 def _sqnr(model: onnx.ModelProto, qmodel: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> float:
-    return graphs.sqnr_db(graphs.run(model, feeds), graphs.run(qmodel, feeds))
+    return helpers.sqnr_db(helpers.run(model, feeds), helpers.run(qmodel, feeds))
 
 
 def test_ranking_puts_the_outlier_layer_first():
@@ -153,7 +154,7 @@ def test_attention_block_every_precision(precision, opset):
     assert result.final_sqnr_db > result.baseline_sqnr_db
     assert len(result.plan.quantized_nodes) == len(result.units) - 1
     qmodel, _ = insert_qdq(model, result.plan, amax, precision, opset=opset)
-    assert np.isfinite(graphs.run(qmodel, graphs.attention_data(4, seed=3))).all()
+    assert np.isfinite(helpers.run(qmodel, graphs.attention_data(4, seed=3))).all()
 
 
 def _mac_model() -> onnx.ModelProto:
@@ -205,7 +206,7 @@ def test_fp16_fallback_casts_around_the_op_and_runs_in_onnxruntime():
     assert inits[fc2.input[1]].data_type == TensorProto.FLOAT16 and "w2" not in inits
     casts = {(n.input[0], n.output[0]) for n in fp16.graph.node if n.op_type == "Cast"}
     assert ("h1", fc2.input[0]) in casts and (fc2.output[0], "h2") in casts
-    assert graphs.sqnr_db(graphs.run(fp32, feeds), graphs.run(fp16, feeds)) > 45
+    assert helpers.sqnr_db(helpers.run(fp32, feeds), helpers.run(fp16, feeds)) > 45
 
 
 def test_fp16_fallback_chains_without_a_round_trip():
@@ -215,7 +216,7 @@ def test_fp16_fallback_chains_without_a_round_trip():
     fc2 = next(n for n in fp16.graph.node if n.name == "fc2")
     assert fc2.input[0] == "h1_fp16" and not any(n.output[0] == "h1" for n in fp16.graph.node)
     feeds = _mlp_data(4)
-    assert graphs.sqnr_db(graphs.run(outlier_mlp(), feeds), graphs.run(fp16, feeds)) > 45
+    assert helpers.sqnr_db(helpers.run(outlier_mlp(), feeds), helpers.run(fp16, feeds)) > 45
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -72,8 +72,12 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
                    "plugins'); default: the standard-ONNX face that ONNX Runtime runs")
     p.add_argument("--opset", type=int, help="output opset (default: the lowest the precision needs)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
-    p.add_argument("--passes", help="comma-separated graph passes to run before calibration "
-                   "(cle, rotate, smoothquant, repq, biascorr; 'none' for no pass; default: per model family)")
+    p.add_argument("--passes", help="comma-separated graph passes to run before calibration, in this order "
+                   f"whatever order they are listed in: {_pass_help()}; 'none' for no pass (default: per "
+                   "model family: CNN int8/fp8 bias_correction, transformer int8 rotate_online)")
+    p.add_argument("--pass-option", action="append", default=[], metavar="PASS.FIELD=VALUE",
+                   help="override one option of a pass (repeatable; tuples comma-separated), e.g. "
+                   "cle.relu6=skip, smoothquant.alphas=0.5,0.6, repq.shift=false")
     _add_target_args(p)
     _add_image_args(p)
     _add_degrade_args(p, calibration=True)
@@ -255,6 +259,24 @@ def _target(args: argparse.Namespace) -> Target | None:
     return Target(args.target, args.trt)
 
 
+def _pass_help() -> str:
+    from trtq.exporter.passes.registry import ALIASES, registered_passes
+
+    aliases = {v: k for k, v in ALIASES.items()}
+    return "; ".join(f"{name}{f' (or {aliases[name]})' if name in aliases else ''}: {p.summary}"
+                     for name, p in registered_passes().items())
+
+
+def _pass_options(values: list[str]) -> dict[str, dict[str, Any]] | None:
+    from trtq.exporter.passes.registry import parse_pass_option
+
+    options: dict[str, dict[str, Any]] = {}
+    for text in values:
+        name, key, value = parse_pass_option(text)
+        options.setdefault(name, {})[key] = value
+    return options or None
+
+
 def _passes(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -288,6 +310,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
         target=_target(args),
         check=not args.no_check,
         passes=_passes(args.passes),
+        pass_options=_pass_options(args.pass_option),
         fallback_budget=args.fallback_budget,
         target_sqnr=args.target_sqnr,
         fallback_samples=args.fallback_samples,

@@ -235,8 +235,11 @@ class QuantConfig(JsonConfig):
         opset: ONNX opset of the output (None: the lowest one the precision needs, or the model's own).
         target: the device family the graph is checked against (None: TensorRT's rules only).
         check: run `trtq.check` on the output and refuse to write it when it finds errors.
-        passes: graph passes to run before calibration (cle, rotate, smoothquant, repq, biascorr);
-            None: the defaults for the model's family; () : none.
+        passes: graph passes to run before calibration, by registry name (fold_batchnorm, cle,
+            rotate, rotate_online, smoothquant, repq, bias_correction; `biascorr` still names
+            bias_correction); None: the defaults for the model's family; () : none.
+        pass_options: pass name -> {option: value} overriding the pass's options dataclass
+            (e.g. {"cle": {"relu6": "skip"}, "smoothquant": {"alphas": (0.5, 0.6)}}); None: defaults.
         fallback_budget: keep this many of the most sensitive quantized layers in floating point
             (0: measure and report the sensitivity only; None, with no target_sqnr: no analysis).
         target_sqnr: keep the most sensitive layers in floating point until the output SQNR (dB, on
@@ -271,6 +274,7 @@ class QuantConfig(JsonConfig):
     target: Target | None = None
     check: bool = True
     passes: tuple[str, ...] | None = None
+    pass_options: dict[str, dict[str, Any]] | None = None
     fallback_budget: int | None = None
     target_sqnr: float | None = None
     fallback_samples: int = 16
@@ -296,6 +300,7 @@ class QuantConfig(JsonConfig):
                 f"({self.precision}: {', '.join(TABLE[self.precision].targets)}).",
             )
         self._validate_fallback()
+        self._validate_passes()
         _choice(self.int4_method, INT4_METHODS, "INT4 method", "--int4-method")
         self._validate_formats()
         if self.device is not None:
@@ -327,6 +332,26 @@ class QuantConfig(JsonConfig):
         if self.codebook_weights and (self.fallback_budget is not None or self.target_sqnr is not None):
             raise TrtqError("sensitivity fallback does not support codebook weight formats.",
                             "drop --fallback-budget / --target-sqnr, or use --weight-format int4.")
+
+    def _validate_passes(self) -> None:
+        if self.passes is None and not self.pass_options:
+            return
+        from trtq.exporter.passes.registry import ALIASES, pass_options, registered_passes
+
+        if self.passes is not None:
+            known = registered_passes()
+            unknown = [n for n in self.passes if ALIASES.get(n, n) not in known]
+            if unknown:
+                raise TrtqError(f"unknown pass(es) {', '.join(unknown)}.",
+                                f"use --passes with any of: {', '.join(known)}.")
+        if self.pass_options is not None and not isinstance(self.pass_options, dict):
+            raise TrtqError("pass_options is not a dict of pass name -> {option: value}.",
+                            'pass e.g. {"cle": {"relu6": "skip"}}.')
+        for name, overrides in (self.pass_options or {}).items():
+            if not isinstance(overrides, dict):
+                raise TrtqError(f"pass_options[{name!r}] is not a dict of option -> value.",
+                                'pass e.g. {"cle": {"relu6": "skip"}}.')
+            pass_options(name, overrides)
 
     def _validate_fallback(self) -> None:
         if self.fallback_budget is not None and self.fallback_budget < 0:

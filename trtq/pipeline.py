@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import os
 import platform
@@ -26,7 +25,7 @@ from trtq.calibrators.methods import compute_amax
 from trtq.calibrators.stats import collect_channel_stats, collect_stats
 from trtq.config import CalibConfig, QuantConfig, Target
 from trtq.errors import TrtqError
-from trtq.exporter.passes import PassContext, get_pass, resolve_passes
+from trtq.exporter.passes import PassContext, PassRun, resolve_passes, run_passes
 from trtq.exporter.placement import QuantPlan, plan_quantization
 from trtq.exporter.qdq import insert_qdq
 from trtq.precision import TABLE, opset_of
@@ -108,9 +107,10 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
     selection, batches = _open_data(fp32, calib_data, cfg, progress)
     codebooks: dict[str, Any] = {}
     try:
-        folded, pass_reports, pass_seconds = _run_passes(fp32, cfg, batches, progress)
+        passes = _run_passes(fp32, cfg, batches, progress)
+        folded, pass_reports, pass_seconds = passes.model, passes.reports, passes.seconds
         del fp32  # the passes' output replaces it: holding both would double the weights in memory
-        plan, codebook_plan = _plan_weights(folded, cfg)
+        plan, codebook_plan = _plan_weights(folded, cfg, passes.plan)
         log_acts, log_report = _log_activations(folded, plan, batches, cfg)
         calib_report, amax = _calibrate(folded, plan, batches, cfg, progress)
         fallback = None
@@ -215,10 +215,11 @@ def _select(model: onnx.ModelProto, calib_data: Any, cfg: QuantConfig, progress:
     return run_selection(model, calib_data, cfg.select, progress=progress)
 
 
-def _plan_weights(model: onnx.ModelProto, cfg: QuantConfig) -> tuple[QuantPlan, Any]:
-    """The plan, and for codebook weight formats the `trtq.plugins.apply.CodebookPlan` behind it."""
+def _plan_weights(model: onnx.ModelProto, cfg: QuantConfig, decided: QuantPlan | None) -> tuple[QuantPlan, Any]:
+    """The plan (`decided` when a pass already planned this graph), and for codebook weight formats the
+    `trtq.plugins.apply.CodebookPlan` behind it."""
     if not cfg.codebook_weights:
-        return _plan(model, cfg), None
+        return decided or _plan(model, cfg), None
     from trtq.plugins.apply import plan_codebook
 
     cp = plan_codebook(model, cfg.exclude)
@@ -276,24 +277,14 @@ def _fallback(model: onnx.ModelProto, plan: QuantPlan, amax: dict[str, float], b
     return result
 
 
-def _run_passes(model: onnx.ModelProto, cfg: QuantConfig, batches: BatchStream | None,
-                progress: bool) -> tuple[onnx.ModelProto, dict[str, Any], dict[str, float]]:
-    """Run the graph passes `cfg.passes` names (or the model family's defaults), in their fixed order."""
-    ctx = PassContext(cfg, batches, progress)
-    reports: dict[str, Any] = {}
-    seconds: dict[str, float] = {}
-    for name in resolve_passes(cfg.passes, model, cfg.precision):
-        started = time.perf_counter()
-        result = get_pass(name)(model, ctx)
-        model = result.model
-        reports[name] = result.report
-        # an onnx-graphsurgeon graph is a reference cycle (nodes <-> tensors): collect it now, or its
-        # copies of the weights live on through calibration (MiniLM + rotate_online: 600 -> 467 MB peak)
-        del result
-        gc.collect()
-        seconds[name] = time.perf_counter() - started
-        logger.info("pass %s: %.1f s", name, seconds[name])
-    return model, reports, seconds
+def _run_passes(model: onnx.ModelProto, cfg: QuantConfig, batches: BatchStream | None, progress: bool) -> PassRun:
+    """Run the graph passes `cfg.passes` names (or the model family's defaults), in their fixed order.
+
+    A pass that reads the placement (bias correction) gets it from `_plan`, and the run keeps it for
+    the pipeline: placement is decided once.
+    """
+    ctx = PassContext(cfg, batches, progress, planner=lambda m: _plan(m, cfg))
+    return run_passes(model, resolve_passes(cfg.passes, model, cfg.precision), ctx, cfg.pass_options)
 
 
 def calibrate(
@@ -323,8 +314,9 @@ def calibrate(
     selection, batches = _open_data(fp32, calib_data, cfg, progress)
     try:
         with session_device(cfg.device):
-            fp32, _, _ = _run_passes(fp32, cfg, batches, progress)
-            plan = _plan(fp32, cfg)
+            passes = _run_passes(fp32, cfg, batches, progress)
+            fp32 = passes.model
+            plan = passes.plan or _plan(fp32, cfg)
             report, amax = _calibrate(fp32, plan, batches, cfg, progress)
     finally:
         _close_data(selection, batches)

@@ -31,6 +31,7 @@ import onnx
 from trtq._io import save_model
 from trtq._shapes import add_inferred_shapes
 from trtq.errors import TrtqError
+from trtq.exporter.passes.context import PassContext
 from trtq.exporter.passes.fold_batchnorm import fold_batchnorm as fold_batchnorm_pass
 
 if TYPE_CHECKING:
@@ -514,7 +515,7 @@ def _optimize(proto: onnx.ModelProto, fold_batchnorm: bool) -> onnx.ModelProto:
     onnxscript.optimizer.remove_unused_nodes(proto)
     if not fold_batchnorm:
         return proto
-    result = fold_batchnorm_pass(proto)
+    result = fold_batchnorm_pass(proto, PassContext())
     for skipped in result.report["skipped"]:
         logger.warning("BatchNormalization %s not folded: %s", skipped["node"], skipped["reason"])
     # onnxscript's rewrite set also fuses Pad into Conv, merges Clips and drops no-op casts.

@@ -37,7 +37,9 @@ import onnx_graphsurgeon as gs
 
 from trtq.calibrators.stats import SENTINEL
 from trtq.exporter.passes.base import PassResult, graph_to_model, unique_name
-from trtq.exporter.placement import WeightSlot, node_names, plan_quantization
+from trtq.exporter.passes.context import PassContext
+from trtq.exporter.passes.registry import register_pass
+from trtq.exporter.placement import WeightSlot, node_names
 from trtq.exporter.weights import quantize_per_channel
 from trtq.precision import TABLE
 
@@ -45,7 +47,7 @@ __all__ = ["bias_correction"]
 
 logger = logging.getLogger(__name__)
 
-PASS_NAME = "biascorr"
+PASS_NAME = "bias_correction"
 _AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
 
 
@@ -65,12 +67,15 @@ class _Target:
         return self.node.inputs[0].name
 
 
-def bias_correction(model: onnx.ModelProto, ctx: Any) -> PassResult:
+@register_pass("bias_correction", order=90, reads_plan=True,
+               summary="the expected output shift of weight quantization, measured on the data, folded into biases")
+def bias_correction(model: onnx.ModelProto, ctx: PassContext) -> PassResult:
     """Fold each quantized layer's expected weight-quantization shift into its bias (module docstring).
 
     Args:
         model: an ONNX model; it is not modified.
-        ctx: the `PassContext`: its config's precision and exclude patterns, and the calibration data.
+        ctx: the `PassContext`: its config's precision, the run's placement (`ctx.plan`: which
+            weights are quantized, on which axis), and the calibration data.
 
     Returns:
         `PassResult`; report keys: ``precision``, ``input_mean`` (how the input mean is taken),
@@ -109,10 +114,10 @@ _MEAN_NOTE = ("Conv: exact spatially averaged mean input per kernel tap, padding
 
 # --- which layers ---------------------------------------------------------------------------------
 
-def _targets(graph: gs.Graph, model: onnx.ModelProto, ctx: Any,
+def _targets(graph: gs.Graph, model: onnx.ModelProto, ctx: PassContext,
              skipped: list[dict[str, str]]) -> list[_Target]:
     """The quantized Conv/Gemm/MatMul layers whose weight (input 1) trtq quantizes, in graph order."""
-    plan = plan_quantization(model, ctx.config.precision, ctx.config.exclude, ctx.config.block_size)
+    plan = ctx.plan(model)
     slots: dict[tuple[str, int], WeightSlot] = {}
     for slot, consumers in plan.weights.items():
         for node_name, index in consumers:
@@ -153,7 +158,7 @@ def _target(node: gs.Node, name: str, slots: dict[tuple[str, int], WeightSlot]) 
 
 # --- input statistics -----------------------------------------------------------------------------
 
-def _collect_input_stats(model: onnx.ModelProto, targets: list[_Target], ctx: Any) -> int:
+def _collect_input_stats(model: onnx.ModelProto, targets: list[_Target], ctx: PassContext) -> int:
     """Stream the calibration data once; fill each target's input sums and count. Returns samples seen.
 
     A Conv input is summed over the batch only (one map per input size seen); the kernel taps are read off

@@ -47,9 +47,11 @@ import onnx_graphsurgeon as gs
 from trtq.errors import TrtqError
 from trtq.exporter.passes.base import PassResult, graph_to_model, unique_name
 from trtq.exporter.passes.channel_match import readers
+from trtq.exporter.passes.context import PassContext
+from trtq.exporter.passes.registry import register_pass
 from trtq.exporter.placement import node_names
 
-__all__ = ["cross_layer_equalization"]
+__all__ = ["CleOptions", "cross_layer_equalization"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,31 @@ _ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Erf", "Tanh", "Sigmoid", 
 _SATURATING = ("Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Softplus", "Elu", "Selu")
 _TINY = 1e-30
 _RELU6_MODES = ("rescale", "skip")
+
+
+@dataclass(frozen=True)
+class CleOptions:
+    """Options of the `cle` pass.
+
+    Args:
+        relu6: "rescale" (Clip(0, M) → Relu + per-channel Min, exact) or "skip" (leave ReLU6 pairs alone).
+        max_sweeps: most sweeps over all pairs.
+        tol: stop when every scale of a sweep is within ``exp(±tol)`` of 1.
+
+    Raises:
+        TrtqError: `relu6` is not one of "rescale", "skip", or a count is not positive.
+    """
+
+    relu6: str = "rescale"
+    max_sweeps: int = 200
+    tol: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.relu6 not in _RELU6_MODES:
+            raise TrtqError(f"relu6={self.relu6!r} is not a CLE mode.", f"use one of {', '.join(_RELU6_MODES)}.")
+        if self.max_sweeps < 1 or not self.tol > 0:
+            raise TrtqError(f"cle max_sweeps={self.max_sweeps}, tol={self.tol}: both must be positive.",
+                            "use e.g. max_sweeps=200, tol=1e-6.")
 
 
 @dataclass
@@ -107,29 +134,25 @@ class _Pair:
         return " → ".join(ops) if ops else "none"
 
 
-def cross_layer_equalization(model: onnx.ModelProto, ctx: Any = None, *, relu6: str = "rescale",
-                             max_sweeps: int = 200, tol: float = 1e-6) -> PassResult:
+@register_pass("cle", order=10, options=CleOptions(),
+               summary="cross-layer equalization of Conv/Gemm/MatMul chains (ReLU/ReLU6 rescaled exactly)")
+def cross_layer_equalization(model: onnx.ModelProto, ctx: PassContext,
+                             options: CleOptions = CleOptions()) -> PassResult:
     """Equalize the weight ranges of consecutive Conv/Gemm/MatMul layers (see the module docstring).
 
     Args:
         model: an ONNX model; it is not modified.
         ctx: pass context; unused (CLE needs no data).
-        relu6: "rescale" (Clip(0, M) → Relu + per-channel Min, exact) or "skip" (leave ReLU6 pairs alone).
-        max_sweeps: most sweeps over all pairs.
-        tol: stop when every scale of a sweep is within ``exp(±tol)`` of 1.
+        options: `CleOptions` (ReLU6 handling, sweeps, tolerance).
 
     Returns:
         `PassResult`; report keys: ``relu6`` (what was done with ReLU6 pairs), ``sweeps``, ``converged``,
         ``last_step`` (max |log s| of the last sweep), ``pairs`` (per pair: ``layers``, ``activation``,
         ``relu6_rescaled``, ``scales`` {min, max, mean, values}, ``imbalance_before`` / ``imbalance_after``
         = max_c |ln(r1_c / r2_c)|), ``skipped`` ({layers or node, reason}).
-
-    Raises:
-        TrtqError: `relu6` is not one of "rescale", "skip".
     """
     del ctx
-    if relu6 not in _RELU6_MODES:
-        raise TrtqError(f"relu6={relu6!r} is not a CLE mode.", f"use one of {', '.join(_RELU6_MODES)}.")
+    relu6, max_sweeps, tol = options.relu6, options.max_sweeps, options.tol
     graph = gs.import_onnx(model)
     pairs, skipped = _find_pairs(graph, relu6)
     report: dict[str, Any] = {"relu6": _relu6_note(relu6), "sweeps": 0, "converged": True, "last_step": 0.0,

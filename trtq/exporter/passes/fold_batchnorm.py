@@ -31,6 +31,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from trtq.exporter.passes.base import PassResult, graph_to_model
+from trtq.exporter.passes.context import PassContext
+from trtq.exporter.passes.registry import register_pass
 
 __all__ = ["fold_batchnorm"]
 
@@ -40,7 +42,9 @@ _FOLDABLE = ("Conv", "ConvTranspose", "Gemm")
 _SHAPE_READERS = ("Shape", "Size")
 
 
-def fold_batchnorm(model: onnx.ModelProto, ctx: Any = None) -> PassResult:
+@register_pass("fold_batchnorm", order=5,
+               summary="BatchNormalization folded into the Conv/ConvTranspose/Gemm before it (exact)")
+def fold_batchnorm(model: onnx.ModelProto, ctx: PassContext) -> PassResult:
     """Fold every BatchNormalization that follows a Conv, ConvTranspose or Gemm into its weights.
 
     Args:

@@ -25,12 +25,14 @@ INT4 is weight-only: the pass then changes nothing.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from trtq.errors import TrtqError
 from trtq.exporter.passes.base import PassResult, graph_to_model
 from trtq.exporter.passes.channel_fold import apply_fold, channel_ranges
 from trtq.exporter.passes.channel_match import (
@@ -42,9 +44,10 @@ from trtq.exporter.passes.channel_match import (
     trace_target,
 )
 from trtq.exporter.passes.context import PassContext
+from trtq.exporter.passes.registry import register_pass
 from trtq.precision import TABLE
 
-__all__ = ["repq_reparameterize", "repq_scales"]
+__all__ = ["RepqOptions", "repq_reparameterize", "repq_scales"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,22 +55,40 @@ _INT4 = "INT4 is weight-only: no activation is quantized"
 _RELATIVE_FLOOR = 1e-6  # a constant channel gets this fraction of the widest channel's half-range
 
 
-def repq_reparameterize(model: onnx.ModelProto, ctx: PassContext, *, shift: bool = True,
-                        min_rows_per_channel: float = 4.0) -> PassResult:
+@dataclass(frozen=True)
+class RepqOptions:
+    """Options of the `repq` pass.
+
+    Args:
+        shift: fold RepQ's asymmetric part as a per-channel shift (True) or leave it out (False).
+        min_rows_per_channel: a LayerNorm output is left alone unless the calibration data gives it
+            at least this many rows per channel (equal ranges leave no headroom for unseen values).
+    """
+
+    shift: bool = True
+    min_rows_per_channel: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.min_rows_per_channel < 0:
+            raise TrtqError(f"repq min_rows_per_channel={self.min_rows_per_channel} is negative.", "use e.g. 4.")
+
+
+@register_pass("repq", order=40, options=RepqOptions(),
+               summary="RepQ-ViT: LayerNorm output channel ranges folded into gamma/beta and the next layers")
+def repq_reparameterize(model: onnx.ModelProto, ctx: PassContext, options: RepqOptions = RepqOptions()) -> PassResult:
     """Reparameterize every LayerNorm output read by MatMul/Gemm nodes with constant weights.
 
     Args:
         model: an ONNX model; it is not modified.
         ctx: pass context: the precision, --exclude and the calibration data.
-        shift: fold RepQ's asymmetric part as a per-channel shift (True) or leave it out (False).
-        min_rows_per_channel: a LayerNorm output is left alone unless the calibration data gives it
-            at least this many rows per channel (equal ranges leave no headroom for unseen values).
+        options: `RepqOptions` (the shift, the coverage needed).
 
     Returns:
         `PassResult`; report keys: ``precision``, ``shift``, ``reparameterized`` (per LayerNorm
         output: the LayerNorm, consumers, per-tensor amax before/after, scales r, shifts δ,
         restored readers), ``skipped`` (activation, consumers, reason).
     """
+    shift, min_rows_per_channel = options.shift, options.min_rows_per_channel
     report: dict[str, Any] = {"precision": ctx.config.precision, "shift": shift,
                               "min_rows_per_channel": min_rows_per_channel, "reparameterized": [],
                               "skipped": []}

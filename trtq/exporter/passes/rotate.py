@@ -55,13 +55,13 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from trtq._shapes import inferred_graph
-from trtq.config import QuantConfig
 from trtq.errors import TrtqError
 from trtq.exporter.passes import hadamard as had
 from trtq.exporter.passes.base import PassResult, graph_to_model
 from trtq.exporter.passes.channel_match import node_name as _name
 from trtq.exporter.passes.channel_match import readers
 from trtq.exporter.passes.context import PassContext
+from trtq.exporter.passes.registry import register_pass
 from trtq.exporter.placement import ROTATION_MARKER  # inserted nodes: "<marker>/<layer>/...", left unquantized
 
 __all__ = [
@@ -120,22 +120,27 @@ ONLINE_DOWN = RotateOptions(online=("ffn_down",))
 ONLINE_ALL = RotateOptions(online=ONLINE_KINDS)
 
 
-def rotate(model: onnx.ModelProto, ctx: PassContext | None = None) -> PassResult:
+@register_pass("rotate", order=20, options=OFFLINE,
+               summary="exact rotation folds: per-head value/output Hadamards, RMSNorm residual streams")
+def rotate(model: onnx.ModelProto, ctx: PassContext, options: RotateOptions = OFFLINE) -> PassResult:
     """Fold rotations into weights where exact: value/output pairs per head, RMSNorm residual streams.
 
     Adds no node and no multiply-add; see the module docstring for the algebra.
 
     Args:
         model: an ONNX model; it is not modified.
-        ctx: the run's pass context (seed and random generator); None: a default context (seed 0).
+        ctx: the run's pass context (seed and random generator).
+        options: which rotations (default `OFFLINE`: the exact folds only).
 
     Returns:
         `PassResult`; report keys are described in `apply_rotations`.
     """
-    return apply_rotations(model, ctx, OFFLINE)
+    return apply_rotations(model, ctx, options)
 
 
-def rotate_online(model: onnx.ModelProto, ctx: PassContext | None = None) -> PassResult:
+@register_pass("rotate_online", order=21, options=ONLINE_ALL,
+               summary="rotate plus online Hadamards before FFN down projections and LayerNorm readers")
+def rotate_online(model: onnx.ModelProto, ctx: PassContext, options: RotateOptions = ONLINE_ALL) -> PassResult:
     """`rotate`, plus an online Hadamard ``x' = x·T``, ``W' = Tᵀ·W`` before every linear layer whose
     input no offline fold rotates (FFN down projections; layers reading a LayerNorm output).
 
@@ -143,20 +148,21 @@ def rotate_online(model: onnx.ModelProto, ctx: PassContext | None = None) -> Pas
 
     Args:
         model: an ONNX model; it is not modified.
-        ctx: the run's pass context; None: a default context (seed 0).
+        ctx: the run's pass context.
+        options: which rotations (default `ONLINE_ALL`).
 
     Returns:
         `PassResult`; report keys are described in `apply_rotations`.
     """
-    return apply_rotations(model, ctx, ONLINE_ALL)
+    return apply_rotations(model, ctx, options)
 
 
-def apply_rotations(model: onnx.ModelProto, ctx: PassContext | None, options: RotateOptions) -> PassResult:
+def apply_rotations(model: onnx.ModelProto, ctx: PassContext, options: RotateOptions) -> PassResult:
     """Apply the rotations `options` asks for (module docstring: the algebra).
 
     Args:
         model: an ONNX model; it is not modified.
-        ctx: the run's pass context; None: a default context (seed 0).
+        ctx: the run's pass context (its seeded generator draws the signs).
         options: which rotations to apply.
 
     Returns:
@@ -170,8 +176,6 @@ def apply_rotations(model: onnx.ModelProto, ctx: PassContext | None, options: Ro
         MatMul/Gemm layers with a constant 2-D weight for one row of activations (attention's
         activation-by-activation MatMuls, which grow with the sequence, are not counted).
     """
-    if ctx is None:
-        ctx = PassContext(QuantConfig())
     state = _State.create(model, ctx.rng)
     report: dict[str, Any] = {
         "seed": ctx.config.seed,

@@ -32,6 +32,7 @@ then changes nothing.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from collections import Counter
 from typing import Any
 
@@ -40,14 +41,16 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from trtq.calibrators.methods import fake_quant
+from trtq.errors import TrtqError
 from trtq.exporter.passes.base import PassResult, graph_to_model
 from trtq.exporter.passes.channel_fold import apply_fold
 from trtq.exporter.passes.channel_match import FoldTarget, Group, fill_shapes, find_groups, trace_target
 from trtq.exporter.passes.context import PassContext
+from trtq.exporter.passes.registry import register_pass
 from trtq.exporter.weights import quantize_per_channel
 from trtq.precision import TABLE
 
-__all__ = ["ALPHAS", "search_alpha", "smoothing_scale", "smoothquant"]
+__all__ = ["ALPHAS", "SmoothQuantOptions", "search_alpha", "smoothing_scale", "smoothquant"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,18 +59,42 @@ _FLOOR = 1e-5
 _INT4 = "INT4 is weight-only: no activation is quantized"
 
 
-def smoothquant(model: onnx.ModelProto, ctx: PassContext, *, alphas: tuple[float, ...] = ALPHAS,
-                max_rows: int = 512, min_gain: float = 0.01, min_rows_per_channel: float = 4.0) -> PassResult:
+@dataclass(frozen=True)
+class SmoothQuantOptions:
+    """Options of the `smoothquant` pass.
+
+    Args:
+        alphas: the migration strengths tried per activation (each in [0, 1]).
+        max_rows: activation rows sampled per tensor for the α search.
+        min_gain: the least relative error reduction over no smoothing worth a change.
+        min_rows_per_channel: an activation is left alone unless the calibration data gives it at
+            least this many rows per input channel (module docstring).
+    """
+
+    alphas: tuple[float, ...] = ALPHAS
+    max_rows: int = 512
+    min_gain: float = 0.01
+    min_rows_per_channel: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not self.alphas or not all(0.0 <= a <= 1.0 for a in self.alphas):
+            raise TrtqError(f"smoothquant alphas {self.alphas} must be one or more values in [0, 1].",
+                            "pass e.g. alphas=0.5,0.6,0.7.")
+        if self.max_rows < 1 or self.min_rows_per_channel < 0:
+            raise TrtqError(f"smoothquant max_rows={self.max_rows}, min_rows_per_channel="
+                            f"{self.min_rows_per_channel}: rows must be positive.", "use e.g. max_rows=512.")
+
+
+@register_pass("smoothquant", order=30, options=SmoothQuantOptions(),
+               summary="SmoothQuant scale migration, alpha searched per layer, folded into LayerNorm or weights")
+def smoothquant(model: onnx.ModelProto, ctx: PassContext,
+                options: SmoothQuantOptions = SmoothQuantOptions()) -> PassResult:
     """Smooth every activation that MatMul/Gemm nodes with constant weights read (module docstring).
 
     Args:
         model: an ONNX model; it is not modified.
         ctx: pass context: the precision, --exclude and the calibration data.
-        alphas: the migration strengths tried per activation.
-        max_rows: activation rows sampled per tensor for the α search.
-        min_gain: the least relative error reduction over no smoothing worth a change.
-        min_rows_per_channel: an activation is left alone unless the calibration data gives it at
-            least this many rows per input channel (module docstring).
+        options: `SmoothQuantOptions` (the alphas tried, rows, minimum gain and coverage).
 
     Returns:
         `PassResult`; report keys: ``precision``, ``alphas``, ``rows``, ``min_gain``,
@@ -76,6 +103,8 @@ def smoothquant(model: onnx.ModelProto, ctx: PassContext, *, alphas: tuple[float
         readers), ``skipped`` (activation, consumers, reason), ``alpha_counts``.
     """
     precision = ctx.config.precision
+    alphas, max_rows = options.alphas, options.max_rows
+    min_gain, min_rows_per_channel = options.min_gain, options.min_rows_per_channel
     report: dict[str, Any] = {"precision": precision, "alphas": list(alphas), "rows": 0, "min_gain": min_gain,
                               "min_rows_per_channel": min_rows_per_channel, "smoothed": [], "skipped": [],
                               "alpha_counts": {}}
