@@ -173,6 +173,56 @@ def test_shared_bias_is_copied_not_changed() -> None:
     assert len({n.input[2] for n in result.model.graph.node if n.op_type == "Conv"}) == 2
 
 
+def test_bias_behind_identity_is_copied_and_a_computed_bias_skipped() -> None:
+    """TorchScript's exporter reads equal biases through Identity nodes; a bias may also be an activation."""
+    rng = np.random.default_rng(SEED)
+    inits = [_init("w1", rng.standard_normal((6, 16))), _init("w2", rng.standard_normal((6, 16))),
+             _init("w3", rng.standard_normal((6, 16))), _init("zeros", np.zeros(6)), _init("c", np.ones(6))]
+    nodes = [helper.make_node("Identity", ["zeros"], ["b1"], name="dedup1"),
+             helper.make_node("Identity", ["b1"], ["b2"], name="dedup2"),
+             helper.make_node("Gemm", ["x", "w1", "b1"], ["g1"], name="fc1", transB=1),
+             helper.make_node("Gemm", ["x", "w2", "b2"], ["g2"], name="fc2", transB=1),
+             helper.make_node("Relu", ["c"], ["b3"], name="computed"),
+             helper.make_node("Gemm", ["x", "w3", "b3"], ["g3"], name="fc3", transB=1),
+             helper.make_node("Sum", ["g1", "g2", "g3"], ["y"], name="sum")]
+    model = _model(nodes, inits, ["batch", 16], ["batch", 6])
+    data = _data(model)
+    result = bias_correction(model, _ctx(model, data))
+    assert [(la["node"], la["bias"]) for la in result.report["layers"]] == [
+        ("fc1", "copied from a constant behind Identity / Constant nodes"),
+        ("fc2", "copied from a constant behind Identity / Constant nodes")]
+    assert {"node": "fc3", "reason": "its bias is computed in the graph, not a constant"} in result.report["skipped"]
+    new = {i.name: numpy_helper.to_array(i) for i in result.model.graph.initializer}
+    assert "zeros" not in new or not new["zeros"].any()  # the shared source is never changed in place
+    assert _channel_means(result.model, data).shape == (6,)  # the corrected model runs
+
+
+def test_torchscript_exported_deduplicated_biases_quantize(tmp_path) -> None:
+    """The reported traceback: a Conv, then two Linear(16, 4) with zero biases summed, TorchScript exporter."""
+    torch = pytest.importorskip("torch")
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.a, self.b = torch.nn.Conv2d(3, 16, 3), torch.nn.Linear(16, 4), torch.nn.Linear(16, 4)
+            torch.nn.init.zeros_(self.a.bias)
+            torch.nn.init.zeros_(self.b.bias)
+
+        def forward(self, x):
+            h = self.conv(x).mean((2, 3))
+            return self.a(h) + self.b(h)
+
+    torch.manual_seed(0)
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(Net().eval(), (torch.randn(1, 3, 8, 8),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    assert "Identity" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    data = {"x": np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32)}
+    for precision, layers in (("int8", 3), ("fp8", 2)):  # FP8 keeps a 3-channel conv in floating point
+        result = trtq.quantize(path, data, precision=precision, progress=False)
+        assert len(result.report["passes"]["biascorr"]["layers"]) == layers
+
+
 def test_excluded_and_unquantized_layers_are_left_alone() -> None:
     model = conv()
     ctx = PassContext(QuantConfig(exclude=("conv",)), open_batches(_data(model), model, batch_size=5))

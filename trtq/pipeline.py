@@ -28,6 +28,7 @@ from trtq.errors import TrtqError
 from trtq.exporter.passes import PassContext, PassRun, resolve_passes, run_passes
 from trtq.exporter.placement import QuantPlan, plan_quantization
 from trtq.exporter.qdq import insert_qdq
+from trtq.exporter.weight_subgraphs import fold_weight_subgraphs
 from trtq.precision import TABLE, opset_of
 from trtq.sensitivity import FallbackResult, cast_to_fp16, sensitivity_fallback
 
@@ -103,7 +104,7 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
     fp32, source = _load_input(model, example_inputs, output)
     if output is not None:
         _io.check_output(output, _data_files(calib_data))
-    fp32 = _prepare(fp32, cfg)
+    fp32, folded_weights = _prepare(fp32, cfg)
     selection, batches = _open_data(fp32, calib_data, cfg, progress)
     codebooks: dict[str, Any] = {}
     try:
@@ -149,6 +150,7 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
         if entry["kind"] == "activation" and name in calib_report:
             entry.update(calib_report[name])
     report = _report(cfg, source, plan, tensors, calib_report, batches.num_samples if batches is not None else 0)
+    report["folded_weight_subgraphs"] = folded_weights
     report["passes"] = pass_reports
     if plugin_report is not None:
         report["plugins"] = plugin_report
@@ -310,7 +312,7 @@ def calibrate(
         raise TrtqError(f"{spec.name.upper()} is weight-only: it has no activation ranges to calibrate.",
                         "use int8 or fp8.")
     fp32, _ = _load_input(model, example_inputs, None)
-    fp32 = _prepare(fp32, cfg)
+    fp32, _ = _prepare(fp32, cfg)
     selection, batches = _open_data(fp32, calib_data, cfg, progress)
     try:
         with session_device(cfg.device):
@@ -382,8 +384,9 @@ def _export_torch(module: Any, example_inputs: Any) -> onnx.ModelProto:
         return _io.load_model(path)
 
 
-def _prepare(model: onnx.ModelProto, cfg: QuantConfig) -> onnx.ModelProto:
-    """Name unnamed nodes, raise the opset to what the precision needs, infer types."""
+def _prepare(model: onnx.ModelProto, cfg: QuantConfig) -> tuple[onnx.ModelProto, list[str]]:
+    """Name unnamed nodes, raise the opset to what the precision needs, fold the constant subgraphs that
+    compute weights (`trtq.exporter.weight_subgraphs`), infer types. Returns the model and the folded tensors."""
     used = {n.name for n in model.graph.node if n.name}
     for i, node in enumerate(model.graph.node):
         if not node.name:
@@ -401,7 +404,8 @@ def _prepare(model: onnx.ModelProto, cfg: QuantConfig) -> onnx.ModelProto:
     target = max(cfg.opset or 0, need, own)
     if target != _opset(model):
         model = _convert_opset(model, target)
-    return add_inferred_shapes(model)
+    model, folded = fold_weight_subgraphs(model)
+    return add_inferred_shapes(model), folded
 
 
 def _opset(model: onnx.ModelProto) -> int:

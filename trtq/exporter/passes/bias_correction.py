@@ -81,7 +81,7 @@ def bias_correction(model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         `PassResult`; report keys: ``precision``, ``input_mean`` (how the input mean is taken),
         ``samples`` (calibration samples seen), ``layers`` (per corrected layer: ``node``, ``op``,
         ``max_abs_shift``, ``mean_abs_shift``, ``max_abs_bias``, ``bias`` = "updated" | "created" |
-        "copied from a shared constant"), ``skipped`` ({node, reason}).
+        "copied from a shared constant" | "copied from a constant behind Identity / Constant nodes"), ``skipped`` ({node, reason}).
 
     Raises:
         TrtqError: no calibration data was given.
@@ -153,6 +153,9 @@ def _target(node: gs.Node, name: str, slots: dict[tuple[str, int], WeightSlot]) 
         return f"{node.op} weight of rank {values.ndim}, not 2"
     if node.op == "Conv" and node.attrs.get("auto_pad", "NOTSET") not in _AUTO_PADS:
         return f"Conv auto_pad {node.attrs['auto_pad']!r}"
+    bias = node.inputs[2] if node.op != "MatMul" and len(node.inputs) > 2 and node.inputs[2].name else None
+    if bias is not None and _bias_constant(bias) is None:
+        return "its bias is computed in the graph, not a constant"
     return _Target(node, name, np.asarray(values), None if slot.axis == -1 else slot.axis)
 
 
@@ -418,8 +421,21 @@ def _conv_gemm_bias(graph: gs.Graph, node: gs.Node, shift: np.ndarray,
             node.inputs.append(gs.Variable.empty())
         node.inputs[2] = const
         return -shift, "created"
-    values = _broadcast_last(current.values, shift.size) - shift / beta
+    const = _bias_constant(current)
+    values = _broadcast_last(const.values, shift.size) - shift / beta
+    if const is not current:  # behind Identity / Constant nodes (TorchScript deduplicates equal initializers)
+        node.inputs[2] = _new_constant(graph, f"{_stem(node)}.bias_corrected", values, const.values.dtype)
+        return values, "copied from a constant behind Identity / Constant nodes"
     return values, _replace(graph, current, node, values, shared)
+
+
+def _bias_constant(tensor: gs.Tensor) -> gs.Constant | None:
+    """The constant a bias holds: an initializer, or one reached through Identity / Constant nodes."""
+    while isinstance(tensor, gs.Variable) and len(tensor.inputs) == 1 and tensor.inputs[0].op == "Identity":
+        tensor = tensor.inputs[0].inputs[0]
+    if isinstance(tensor, gs.Variable) and len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
+        tensor = tensor.inputs[0].attrs.get("value")
+    return tensor if isinstance(tensor, gs.Constant) else None
 
 
 def _matmul_bias(graph: gs.Graph, node: gs.Node, shift: np.ndarray,
