@@ -220,7 +220,7 @@ def test_torchscript_exported_deduplicated_biases_quantize(tmp_path) -> None:
     data = {"x": np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32)}
     for precision, layers in (("int8", 3), ("fp8", 2)):  # FP8 keeps a 3-channel conv in floating point
         result = trtq.quantize(path, data, precision=precision, progress=False)
-        assert len(result.report["passes"]["biascorr"]["layers"]) == layers
+        assert len(result.report["passes"]["bias_correction"]["layers"]) == layers
 
 
 def test_excluded_and_unquantized_layers_are_left_alone() -> None:

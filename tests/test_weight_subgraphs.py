@@ -8,6 +8,7 @@ import onnx
 from onnx import helper
 
 import graphs
+import helpers
 import trtq
 from trtq.exporter.placement import plan_quantization
 from trtq.exporter.weight_subgraphs import fold_weight_subgraphs
@@ -44,7 +45,7 @@ def test_weights_behind_transpose_and_identity_become_shared_initializers():
     assert readers["mm4"] == readers["mm6"] == "Wt2"  # equal values: one initializer
     assert readers["mm2"] == "V"  # equal to an initializer: that one
     x = {"x": np.random.default_rng(1).standard_normal((4, 128)).astype(np.float32)}
-    assert np.array_equal(graphs.run(model, x), graphs.run(folded_model, x))
+    assert np.array_equal(helpers.run(model, x), helpers.run(folded_model, x))
     int8 = plan_quantization(folded_model, "int8")
     assert set(int8.activations) == {"x", "h1", "h2", "h3", "h4", "h5"}
     assert {(s.tensor, s.axis) for s in int8.weights} == {("W", 1), ("V", 1), ("Wt2", 1)}
@@ -60,4 +61,4 @@ def test_quantize_treats_folded_subgraphs_as_weights():
     int8 = trtq.quantize(model, data, precision="int8", progress=False)
     weights = {n for n, t in int8.report["tensors"].items() if t["kind"] == "weight"}
     assert weights == {"W", "V", "Wt2"}
-    assert graphs.sqnr_db(graphs.run(model, data), graphs.run(int8.model, data)) > 25
+    assert helpers.sqnr_db(helpers.run(model, data), helpers.run(int8.model, data)) > 25
