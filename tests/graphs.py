@@ -261,3 +261,32 @@ def two_norms_one_weight(share: str) -> onnx.ModelProto:
 def two_norm_data(n: int, seed: int) -> dict[str, np.ndarray]:
     rs = np.random.RandomState(seed)
     return {"xa": rs.randn(n, 32).astype(np.float32), "xb": rs.randn(n, 32).astype(np.float32)}
+
+def pooled_classifier(seed: int = 0, channels: int = 16, hidden: int = 128) -> onnx.ModelProto:
+    """input [batch, 3, h, w] (any size) -> conv -> relu -> global pool -> Gemm(hidden) -> relu -> Gemm(10).
+
+    The second Gemm's K = `hidden` = 128 is one INT4 block, so every precision has something to quantize.
+    """
+    rs = np.random.RandomState(seed)
+    c, h = channels, hidden
+    inits = [
+        _init("w1", rs.randn(c, 3, 3, 3) * 0.3), _init("b1", rs.randn(c) * 0.1),
+        _init("wf1", rs.randn(h, c) * 0.3), _init("bf1", rs.randn(h) * 0.1),
+        _init("wf2", rs.randn(10, h) * 0.1), _init("bf2", rs.randn(10) * 0.1),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("GlobalAveragePool", ["r1"], ["pool"], name="pool"),
+        helper.make_node("Flatten", ["pool"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "wf1", "bf1"], ["f1"], name="fc1", transB=1),
+        helper.make_node("Relu", ["f1"], ["r2"], name="relu2"),
+        helper.make_node("Gemm", ["r2", "wf2", "bf2"], ["logits"], name="fc2", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "pooled_classifier",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

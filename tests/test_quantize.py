@@ -227,3 +227,12 @@ def test_qdq_names_never_collide_with_existing_tensors(tmp_path):
     result = trtq.quantize(model, graphs.attention_data(8), progress=False)
     feeds = graphs.attention_data(4, seed=5)
     assert helpers.sqnr_db(helpers.run(model, feeds), helpers.run(result.model, feeds)) > 20
+
+
+def test_int4_nothing_to_quantize_names_what_int4_quantizes(conv_model):
+    """INT4 quantizes MatMul/Gemm weights only: its message must not offer convolutions."""
+    with pytest.raises(TrtqError) as err:
+        trtq.quantize(conv_model, None, precision="int4", progress=False)
+    message = str(err.value)
+    assert "MatMul/Gemm with constant 2-D weights whose K is a multiple of the block size (128)" in message
+    assert "Conv" not in message.split(". Fix:")[0] and "int8 or fp8" in err.value.fix

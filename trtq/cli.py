@@ -146,6 +146,14 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from exc
 
 
+class _Numbers(argparse.Action):
+    """Numbers given apart or comma-separated (`--mean 0.485 0.456 0.406` or `--mean 0.485,0.456,0.406`)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, tuple(v for group in values for v in group))
+
+
 def _size(text: str) -> Any:
     from trtq.calibrators.images import parse_size
 
@@ -173,8 +181,10 @@ def _add_image_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--layout", choices=LAYOUTS, help="batch layout (default NCHW)")
     g.add_argument("--input-dtype", dest="dtype", choices=DTYPES, help="input element type (default float32)")
     g.add_argument("--scale", type=float, help="pixel multiplier before mean/std (default 1/255; uint8: 1)")
-    g.add_argument("--mean", type=_floats, metavar="M[,M,M]", help="subtracted after scaling, per channel")
-    g.add_argument("--std", type=_floats, metavar="S[,S,S]", help="divided by last, per channel")
+    g.add_argument("--mean", type=_floats, nargs="+", action=_Numbers, metavar="M",
+                   help="subtracted after scaling, per channel: M, M M M or M,M,M")
+    g.add_argument("--std", type=_floats, nargs="+", action=_Numbers, metavar="S",
+                   help="divided by last, per channel: S, S S S or S,S,S")
     g.add_argument("--channel-order", choices=CHANNEL_ORDERS, help="channel order of the model (default RGB)")
     g.add_argument("--input-name", help="model input the images feed (default: the only input)")
 

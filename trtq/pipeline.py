@@ -248,12 +248,16 @@ def _log_activations(model: onnx.ModelProto, plan: QuantPlan, batches: BatchStre
 def _plan(model: onnx.ModelProto, cfg: QuantConfig) -> QuantPlan:
     plan = plan_quantization(model, cfg.precision, cfg.exclude, cfg.block_size)
     if plan.empty:
-        raise TrtqError(
-            f"the model has no quantizable op for {cfg.precision.upper()} (Conv/ConvTranspose/Gemm/MatMul"
-            + (" with constant weights whose K is a multiple of the block size" if TABLE[cfg.precision].blockwise else "")
-            + (f"; {len(plan.skipped)} excluded or skipped" if plan.skipped else "") + ").",
-            "check --exclude, or quantize a model that has convolutions or matrix multiplications.",
-        )
+        spec = TABLE[cfg.precision]
+        ops = "/".join(spec.weighted_ops)
+        if spec.blockwise:
+            ops += f" with constant 2-D weights whose K is a multiple of the block size ({cfg.block_size})"
+        kinds = "matrix multiplications" if "Conv" not in spec.weighted_ops else \
+            "convolutions or matrix multiplications"
+        fix = (f"check --exclude, or quantize a model that has {kinds}"
+               + ("; a convolutional model: use int8 or fp8" if "Conv" not in spec.weighted_ops else "") + ".")
+        raise TrtqError(f"the model has no quantizable op for {cfg.precision.upper()} ({ops}"
+                        + (f"; {len(plan.skipped)} excluded or skipped" if plan.skipped else "") + ").", fix)
     return plan
 
 
