@@ -307,6 +307,12 @@ class QuantConfig(JsonConfig):
             _choice(self.device, ("cuda", "cpu"), "device", "--device")
         import re
 
+        if isinstance(self.exclude, str):  # one pattern, not one pattern per character
+            object.__setattr__(self, "exclude", (self.exclude,))
+        if not isinstance(self.exclude, (tuple, list)) or not all(isinstance(p, str) for p in self.exclude):
+            raise TrtqError(f"exclude={self.exclude!r} is not a list of regular expressions.",
+                            'pass e.g. exclude=["^conv1$", "head"].')
+        object.__setattr__(self, "exclude", tuple(self.exclude))
         for pattern in self.exclude:
             try:
                 re.compile(pattern)

@@ -331,6 +331,11 @@ def calibrate(
 
 def _resolve_config(config: QuantConfig | None, precision: str | None, calib_method: str | None,
                     exclude: Any, seed: int | None, target: str | Target | None) -> QuantConfig:
+    if isinstance(config, dict):
+        config = QuantConfig.from_dict(config)
+    if config is not None and not isinstance(config, QuantConfig):
+        raise TrtqError(f"config is a {type(config).__name__}, not a QuantConfig.",
+                        'pass config=trtq.QuantConfig(...) (or a dict of its fields), or use precision="int8" etc.')
     cfg = config or QuantConfig(precision=precision or "int8")
     changes: dict[str, Any] = {}
     if precision is not None:
@@ -338,7 +343,7 @@ def _resolve_config(config: QuantConfig | None, precision: str | None, calib_met
     if calib_method is not None:
         changes["calib"] = dataclasses.replace(cfg.calib, method=calib_method)
     if exclude is not None:
-        changes["exclude"] = tuple(exclude)
+        changes["exclude"] = (exclude,) if isinstance(exclude, str) else exclude
     if seed is not None:
         changes["seed"] = seed
     if target is not None:

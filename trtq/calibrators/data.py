@@ -385,7 +385,8 @@ def _rows(col: Any) -> _RowReader | _NpzRowReader:
 
 def _normalise(source: Any, what: str) -> Any:
     if source is None:
-        raise TrtqError(f"no {what} data was given.", "pass --calib-data PATH.npz (or calib_data= in Python).")
+        flag, arg = ("--data", "data") if what == "evaluation" else ("--calib-data", "calib_data")
+        raise TrtqError(f"no {what} data was given.", f"pass {flag} PATH.npz (or {arg}= in Python).")
     if isinstance(source, (str, os.PathLike)):
         return _from_path(Path(source), what)
     if isinstance(source, Mapping):
