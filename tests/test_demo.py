@@ -14,6 +14,12 @@ def test_demo_quantizes_and_compares(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "[4/4]" in out and "accuracy vs labels" in out
+    # the check's findings in words (not a raw dict), what top-1 means, and a next step
+    assert "{'error'" not in out and "check against TensorRT's rules" in out
+    assert "top-1: how often both pick the same digit" in out and "next: " in out
+    check = __import__("json").loads((tmp_path / "digits_int8.trtq.json").read_text())["check"]
+    for finding in check["findings"]:
+        assert f"{finding['rule']} at {finding['node']}" in out
     assert (tmp_path / "digits_int8.onnx").exists() and (tmp_path / "digits_int8.trtq.json").exists()
     from trtq.evaluate import compare
 

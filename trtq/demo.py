@@ -103,14 +103,31 @@ def run_demo(out: str | Path, *, precision: str = "int8", calib_method: str | No
     result = quantize(fp32, out / "calib.npz", qpath, precision=precision, calib_method=calib_method,
                       target="hopper" if precision == "fp8" else None, progress=False)
     s = result.report["summary"]
-    print(f"[3/4] quantized to {qpath} ({s['quantized_nodes']} ops, {s['activation_qdq']} activation Q/DQ, "
-          f"check: {result.report.get('check', {}).get('counts', 'skipped')}); report {result.report_path}")
+    print(f"[3/4] quantized to {qpath} ({s['quantized_nodes']} ops, {s['activation_qdq']} activation Q/DQ); "
+          f"every number chosen is in {result.report_path}")
+    print(_format_check(result.report.get("check")))
     report = compare(fp32, qpath, out / "eval.npz")
-    print(f"[4/4] FP32 vs {precision.upper()} on {len(x_test)} held-out digits:")
+    print(f"[4/4] FP32 vs {precision.upper()} on {len(x_test)} held-out digits (SQNR: FP32 logits over the "
+          "error, higher is closer; top-1: how often both pick the same digit):")
     print(report.format(top=5))
     acc = _accuracy(fp32, qpath, x_test, y_test)
     print(f"accuracy vs labels: FP32 {acc[0]:.1%}, {precision.upper()} {acc[1]:.1%}")
+    print(f"next: quantize your own model the same way:\n"
+          f"  trtq quantize model.onnx -o model.{precision}.onnx --precision {precision} --calib-data calib.npz\n"
+          f"  trtq compare model.onnx model.{precision}.onnx --data eval.npz\n"
+          f"(calib.npz maps each model input name to an array of samples, as {out / 'calib.npz'} does)")
     return report.to_dict()
+
+
+def _format_check(check: dict | None) -> str:
+    """The check's counts in words and each finding on its own line."""
+    if not check:
+        return "check: skipped"
+    counts = check["counts"]
+    lines = [f"check against TensorRT's rules (no GPU needed): {counts['error']} error(s), "
+             f"{counts['warning']} warning(s), {counts['info']} info"]
+    lines += [f"  {f['severity']} {f['rule']} at {f['node']}: {f['message']}" for f in check["findings"]]
+    return "\n".join(lines)
 
 
 def _accuracy(fp32: Path, qdq: Path, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
