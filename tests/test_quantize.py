@@ -73,6 +73,20 @@ def test_fp8(attention_model, attention_calib, tmp_path):
     assert helpers.sqnr_db(helpers.run(graphs.attention_block(), feeds), helpers.run(model, feeds)) > 20
 
 
+@pytest.mark.parametrize("name", ["conv", "attention"])
+def test_fp8_loads_in_a_default_onnxruntime_session(name, tmp_path):
+    """A plain `InferenceSession` (default options: ORT's Clip->QuantizeLinear fusion on) loads trtq's FP8
+    graph and computes what the exact Q/DQ session computes."""
+    import onnxruntime as ort
+
+    model, data = ((graphs.conv_block(channels=32), graphs.conv_data(8)) if name == "conv"
+                   else (graphs.attention_block(), graphs.attention_data(8)))
+    q = trtq.quantize(model, data, precision="fp8", target="hopper", progress=False).model
+    session = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"])
+    # ORT's default fusions (LayerNorm, ...) round differently: float32 rounding apart
+    np.testing.assert_allclose(session.run(None, data)[0], graphs.run(q, data), rtol=1e-4, atol=1e-4)
+
+
 def test_int4_weight_only_blockwise(attention_model, tmp_path):
     result = trtq.quantize(attention_model, None, tmp_path / "q.onnx", precision="int4",
                            config=QuantConfig(precision="int4", block_size=32), progress=False)

@@ -2,7 +2,9 @@
 
 Activations (per-tensor, symmetric, zero point 0):
     x_dq = DequantizeLinear(QuantizeLinear(x, s, 0), s, 0),  s = amax / 127 (INT8) or amax / 448 (FP8),
-shared by every consumer the plan lists; other consumers keep reading x.
+shared by every consumer the plan lists; other consumers keep reading x. An FP8 zero point is a
+one-element 1-D tensor (not a scalar), the one form that both TensorRT's parser and a default ONNX
+Runtime session (whose Clip->QuantizeLinear fusion fails on a scalar FP8 zero point) accept.
 Weights are stored quantized (INT8 / FLOAT8E4M3FN per-channel, INT4 block-wise) behind a
 DequantizeLinear only, as TensorRT accepts pre-quantized weights:
     W_dq = DequantizeLinear(W_q, s_c, axis=c)           or, INT4:  DequantizeLinear(W_q, S, axis=k, block_size=B)
@@ -103,7 +105,12 @@ def _activation_qdq(graph: gs.Graph, x: gs.Tensor, amax: float, precision: str, 
     if not (np.isfinite(value) and value >= np.finfo(np.float32).tiny):  # subnormal: TensorRT cannot invert it
         raise ValueError(f"activation {x.name!r}: amax {amax!r} gives no positive normal float32 scale")
     scale = gs.Constant(fresh(f"{x.name}_scale"), np.asarray(value, dtype=np.float32))
-    zero = gs.Constant(fresh(f"{x.name}_zero_point"), spec.zero_point())
+    zero_point = spec.zero_point()
+    if zero_point.dtype == np.dtype(ml_dtypes.float8_e4m3fn):
+        # one-element 1-D: ONNX Runtime's Clip->QuantizeLinear fusion (on by default) rejects a scalar FP8
+        # zero point and fails the session; TensorRT's parser reads only an FP8 zero point's type.
+        zero_point = zero_point.reshape(1)
+    zero = gs.Constant(fresh(f"{x.name}_zero_point"), zero_point)
     q = gs.Variable(fresh(f"{x.name}_quantized"), dtype=spec.dtype, shape=x.shape)
     dq = gs.Variable(fresh(f"{x.name}_dequantized"), dtype=np.float32, shape=x.shape)
     graph.nodes.append(gs.Node("QuantizeLinear", fresh(f"{x.name}_QuantizeLinear"), inputs=[x, scale, zero],
