@@ -30,8 +30,17 @@ def test_config_as_a_dict(conv_model, conv_calib):
 
 
 def test_exclude_of_the_wrong_type():
-    with pytest.raises(TrtqError, match="not a list of regular expressions"):
+    with pytest.raises(TrtqError, match="field exclude=.3,. is not a tuple"):
         QuantConfig(exclude=[3])
+
+
+@pytest.mark.parametrize(("field", "value"), [("calib", "minmax"), ("target", ("orin",)), ("block_size", None),
+                                               ("opset", "17"), ("check", 1), ("passes", [1])])
+def test_config_field_of_the_wrong_type(field, value):
+    with pytest.raises(TrtqError, match=f"QuantConfig field {field}="):
+        QuantConfig(**{field: value})
+    with pytest.raises(TrtqError, match=f"QuantConfig field {field}="):
+        QuantConfig.from_dict({field: value})
 
 
 def test_compare_without_data_names_the_data_argument(conv_model):

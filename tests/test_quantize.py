@@ -84,7 +84,7 @@ def test_fp8_loads_in_a_default_onnxruntime_session(name, tmp_path):
     q = trtq.quantize(model, data, precision="fp8", target="hopper", progress=False).model
     session = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"])
     # ORT's default fusions (LayerNorm, ...) round differently: float32 rounding apart
-    np.testing.assert_allclose(session.run(None, data)[0], graphs.run(q, data), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(session.run(None, data)[0], helpers.run(q, data), rtol=1e-4, atol=1e-4)
 
 
 def test_int4_weight_only_blockwise(attention_model, tmp_path):

@@ -59,6 +59,8 @@ class JsonConfig:
     """Mixin: `to_dict` / `from_dict` that survive a JSON round trip."""
 
     version: ClassVar[int] = 1
+    # from_dict checks each value against the field's annotation (configs read from JSON)
+    typed_fields: ClassVar[bool] = False
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"version": self.version}
@@ -88,12 +90,66 @@ class JsonConfig:
             kwargs[f.name] = value
         if data:
             raise TrtqError(f"unknown {cls.__name__} field(s): {', '.join(sorted(data))}.", "remove them.")
+        if cls.typed_fields:
+            check_field_types(cls, kwargs)
+        missing = [f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                   if f.name not in kwargs and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise TrtqError(f"{cls.__name__} needs field(s) {', '.join(missing)}.", f"add {', '.join(missing)}.")
         return cls(**kwargs)
+
+
+def check_field_types(cls: type, values: dict[str, Any]) -> None:
+    """Raise a TrtqError naming the first field of `values` whose value does not fit `cls`'s annotation."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        hint = hints.get(name)
+        if hint is not None and not _fits(value, hint):
+            shown = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+            raise TrtqError(f"{cls.__name__} field {name}={value!r} is not a {shown}.",
+                            f"give {name} a value of type {shown} (see help(trtq.{cls.__name__})).")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+    if isinstance(origin, type):  # dict[str, ...], list[...]
+        return isinstance(value, origin)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
 
 
 @dataclass(frozen=True)
 class Target(JsonConfig):
     """The device family and TensorRT version an engine will be built for."""
+
+    typed_fields: ClassVar[bool] = True
 
     name: str = "ampere"
     trt: str | None = None
@@ -125,6 +181,8 @@ class CalibConfig(JsonConfig):
             held at once), and on CPU larger batches are not faster, hence 1.
         max_samples: stop after this many samples (None: use all).
     """
+
+    typed_fields: ClassVar[bool] = True
 
     method: str = DEFAULT_CALIB_METHOD
     percentile: float = 99.99
@@ -166,6 +224,8 @@ class SelectConfig(JsonConfig):
         kmeans_init: k-means restarts, the best kept (noise-filtered-diverse).
         components: principal directions kept for distances.
     """
+
+    typed_fields: ClassVar[bool] = True
 
     n: int
     method: str = "random"
@@ -265,6 +325,8 @@ class QuantConfig(JsonConfig):
             The result is for TensorRT only, with trtq's plugin loaded; ONNX Runtime cannot run it.
     """
 
+    typed_fields: ClassVar[bool] = True
+
     precision: str = "int8"
     calib: CalibConfig = field(default_factory=CalibConfig)
     exclude: tuple[str, ...] = ()
@@ -287,8 +349,14 @@ class QuantConfig(JsonConfig):
     plugins: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.exclude, str):  # one pattern, not one pattern per character
+            object.__setattr__(self, "exclude", (self.exclude,))
+        for name in ("exclude", "passes"):  # lists from Python callers
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        check_field_types(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         _choice(self.precision, PRECISIONS, "precision", "--precision")
-        if not isinstance(self.seed, numbers.Integral) or isinstance(self.seed, bool) or self.seed < 0:
+        if self.seed < 0:
             raise TrtqError(f"seed={self.seed!r} is not an int >= 0.", "pass e.g. --seed 0.")
         if self.block_size < 2 or self.block_size & (self.block_size - 1):
             raise TrtqError(f"block_size={self.block_size} is not a power of two >= 2.", "use e.g. 32, 64 or 128.")
@@ -307,12 +375,6 @@ class QuantConfig(JsonConfig):
             _choice(self.device, ("cuda", "cpu"), "device", "--device")
         import re
 
-        if isinstance(self.exclude, str):  # one pattern, not one pattern per character
-            object.__setattr__(self, "exclude", (self.exclude,))
-        if not isinstance(self.exclude, (tuple, list)) or not all(isinstance(p, str) for p in self.exclude):
-            raise TrtqError(f"exclude={self.exclude!r} is not a list of regular expressions.",
-                            'pass e.g. exclude=["^conv1$", "head"].')
-        object.__setattr__(self, "exclude", tuple(self.exclude))
         for pattern in self.exclude:
             try:
                 re.compile(pattern)
