@@ -29,6 +29,7 @@ from trtq.exporter.passes import PassContext, PassRun, resolve_passes, run_passe
 from trtq.exporter.placement import QuantPlan, plan_quantization
 from trtq.exporter.qdq import insert_qdq
 from trtq.exporter.weight_subgraphs import fold_weight_subgraphs
+from trtq.fidelity import choose_samples, fidelity_check
 from trtq.precision import TABLE, opset_of
 from trtq.sensitivity import FallbackResult, cast_to_fp16, sensitivity_fallback
 
@@ -124,6 +125,7 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
             fallback = _fallback(folded, plan, amax, batches, cfg, importance, progress)
             if fallback is not None:
                 plan = fallback.plan
+        fidelity_samples = choose_samples(batches) if batches is not None and not cfg.plugins else []
     finally:
         _close_data(selection, batches)
     if codebook_plan is None:
@@ -152,6 +154,8 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
     report = _report(cfg, source, plan, tensors, calib_report, batches.num_samples if batches is not None else 0)
     report["folded_weight_subgraphs"] = folded_weights
     report["passes"] = pass_reports
+    if fidelity_samples:
+        report["fidelity"] = fidelity_check(folded, qmodel, fidelity_samples)
     if plugin_report is not None:
         report["plugins"] = plugin_report
     if fallback is not None:
