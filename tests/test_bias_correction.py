@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 import graphs
+import requires
 import numpy as np
 import onnx
 import pytest
@@ -199,7 +200,7 @@ def test_bias_behind_identity_is_copied_and_a_computed_bias_skipped() -> None:
 
 def test_torchscript_exported_deduplicated_biases_quantize(tmp_path) -> None:
     """The reported traceback: a Conv, then two Linear(16, 4) with zero biases summed, TorchScript exporter."""
-    torch = pytest.importorskip("torch")
+    torch = requires.module("torch")
 
     class Net(torch.nn.Module):
         def __init__(self) -> None:

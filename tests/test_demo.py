@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+import requires
+
 from trtq.cli import main
 
-pytest.importorskip("torch")
-pytest.importorskip("sklearn")
+requires.module("torch")
+requires.module("sklearn")
 
 
 def test_demo_quantizes_and_compares(tmp_path, capsys):

