@@ -130,6 +130,11 @@ def _output_dir(ws: Path) -> None:
     (ws / "out.onnx").mkdir()
 
 
+def _read_only_dir(ws: Path) -> None:
+    (ws / "ro").mkdir()
+    (ws / "ro").chmod(0o500)
+
+
 PATH_CASES = {
     "missing-model": (["quantize", "{ws}/nope.onnx", "-o", "{ws}/q.onnx", "--calib-data", "{ws}/calib.npz"],
                       "no such file", None),
@@ -157,6 +162,8 @@ PATH_CASES = {
                             "is a directory", _output_dir),
     "output-under-a-file": ([*_Q, "-o", "{ws}/afile/q.onnx", "--calib-data", "{ws}/calib.npz"],
                             "is not a folder", _file_in_the_way),
+    "output-dir-read-only": ([*_Q, "-o", "{ws}/ro/q.onnx", "--calib-data", "{ws}/calib.npz"],
+                             "cannot be written", _read_only_dir),
     "output-in-proc": ([*_Q, "-o", "/proc/trtq-test.onnx", "--calib-data", "{ws}/calib.npz"],
                        "cannot be written", None),
     "missing-external-data": (["quantize", "{ws}/ext.onnx", "--quiet", "-o", "{ws}/q.onnx", "--calib-data",
@@ -173,6 +180,8 @@ def test_bad_path(ws, case):
     args, message, setup = PATH_CASES[case]
     if case == "output-in-proc" and not Path("/proc").is_dir():
         pytest.skip("no /proc on this system")
+    if case == "output-dir-read-only" and os.geteuid() == 0:
+        pytest.skip("root writes into a read-only folder (output-in-proc covers an unwritable folder)")
     run_case(ws, args, message, setup)
 
 

@@ -70,7 +70,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
                    help="write the TensorRT face: one trtq plugin node per codebook weight / log activation "
                    "(codes stay packed in the engine; build with trtq's plugin loaded, README 'TensorRT "
                    "plugins'); default: the standard-ONNX face that ONNX Runtime runs")
-    p.add_argument("--opset", type=int, help="output opset (default: the lowest the precision needs)")
+    p.add_argument("--opset", type=int, help="output opset (default: the lowest the precision needs; never below the model's own)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     p.add_argument("--passes", help="comma-separated graph passes to run before calibration, in this order "
                    f"whatever order they are listed in: {_pass_help()}; 'none' for no pass (default: per "

@@ -344,7 +344,7 @@ class _NpzRowReader:
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                            else np.lib.format.read_array_header_2_0)
             shape, fortran, dtype = read_header(self._fh)
-        except _UNREADABLE as exc:
+        except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, TokenError, ...
             self._zip.close()
             raise self._error(exc) from exc
         if fortran or dtype.hasobject:
