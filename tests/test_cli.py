@@ -37,6 +37,17 @@ def test_int4_needs_no_calibration_data(attention_model, tmp_path):
                  "--block-size", "32", "--quiet"]) == 0
 
 
+def test_quantize_codebook_weights_and_log_activations(conv_model, conv_calib, tmp_path, capsys):
+    out = tmp_path / "cb.onnx"
+    assert main(["quantize", str(conv_model), "-o", str(out), "--precision", "int4", "--weight-format", "codebook3",
+                 "--block-size", "16", "--calib-data", str(conv_calib), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "int4/codebook3" in printed and "codebook weights:" in printed
+    report = json.loads(out.with_suffix(".trtq.json").read_text())
+    assert report["config"]["weight_format"] == "codebook3"
+    assert all(len(t["codebook"][0]) == 8 for t in report["tensors"].values() if t["kind"] == "weight")
+
+
 def test_quantize_selects_calibration_samples(conv_model, conv_calib, tmp_path, capsys):
     out = tmp_path / "q.onnx"
     assert main(["quantize", str(conv_model), "-o", str(out), "--calib-data", str(conv_calib), "--quiet",
@@ -76,6 +87,8 @@ def _not_onnx(tmp_path: Path) -> Path:
         ("select-too-many", "cannot select 100 samples from 32 candidates"),
         ("select-method-alone", "--select-method needs --select N"),
         ("select-bad-feature", "is not a tensor of the model"),
+        ("codebook-not-weight-only", "is weight-only"),
+        ("act-quant-missing-tensor", "are read by no node"),
     ],
 )
 def test_user_errors_exit_2_without_output(conv_model, conv_calib, tmp_path, capsys, case, message):
@@ -107,6 +120,10 @@ def test_user_errors_exit_2_without_output(conv_model, conv_calib, tmp_path, cap
         extra = ["--select-method", "density-diversity"]
     elif case == "select-bad-feature":
         extra = ["--select", "4", "--select-method", "density-diversity", "--select-feature", "nope"]
+    elif case == "codebook-not-weight-only":
+        extra = ["--weight-format", "nf4"]
+    elif case == "act-quant-missing-tensor":
+        extra = ["--act-quant", "log2", "--act-quant-tensors", "nope"]
     args = ["quantize", model, "-o", str(out), "--quiet", *extra]
     if case != "no-calib":
         args += ["--calib-data", calib]
