@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from trtq.errors import TrtqError
-from trtq.precision import DEFAULT_BLOCK_SIZE, PRECISIONS, TABLE
+from trtq.precision import DEFAULT_BLOCK_SIZE, LOG_STEPS, PRECISIONS, TABLE, WEIGHT_FORMAT_TABLE
 from trtq.targets import TARGETS, TRT_VERSIONS, TargetSpec
 
 __all__ = [
@@ -40,9 +40,9 @@ FALLBACK_DTYPES = ("fp32", "fp16")
 INT4_METHODS = ("gptq", "rtn")
 # How INT4-mode (weight-only) weights are stored: int4 = uniform INT4 DequantizeLinear; the others are
 # codebook formats (trtq.plugins; nf4/codebook4/uniform4 4-bit, codebook3/uniform3 3-bit).
-WEIGHT_FORMATS = ("int4", "nf4", "codebook4", "codebook3", "uniform4", "uniform3")
+WEIGHT_FORMATS = tuple(WEIGHT_FORMAT_TABLE)
 # Logarithmic activation quantizers (trtq.plugins): base 2, base √2, AdaLog's searched base.
-ACT_QUANT_METHODS = ("log2", "logsqrt2", "adalog")
+ACT_QUANT_METHODS = tuple(LOG_STEPS)
 # SQNR of identical outputs (trtq.evaluate.SQNR_CAP_DB, not imported here: config stays light)
 _SQNR_CAP_DB = 200.0
 # How `SelectConfig` picks calibration samples out of the candidates (trtq.calibrators.select).
@@ -385,7 +385,7 @@ class QuantConfig(JsonConfig):
     @property
     def codebook_weights(self) -> bool:
         """Weights go to a codebook format of trtq.plugins (not INT4 DequantizeLinear)."""
-        return self.precision == "int4" and self.weight_format != "int4"
+        return self.precision == "int4" and WEIGHT_FORMAT_TABLE[self.weight_format].codebook
 
     def _validate_formats(self) -> None:
         _choice(self.weight_format, WEIGHT_FORMATS, "weight format", "--weight-format")

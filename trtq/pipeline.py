@@ -30,7 +30,7 @@ from trtq.exporter.placement import QuantPlan, plan_quantization
 from trtq.exporter.qdq import insert_qdq
 from trtq.exporter.weight_subgraphs import fold_weight_subgraphs
 from trtq.fidelity import choose_samples, fidelity_check
-from trtq.precision import TABLE, opset_of
+from trtq.precision import TABLE, WEIGHT_FORMAT_TABLE, opset_of
 from trtq.sensitivity import FallbackResult, cast_to_fp16, sensitivity_fallback
 
 if TYPE_CHECKING:
@@ -40,7 +40,6 @@ __all__ = ["QuantizeResult", "calibrate", "quantize"]
 
 logger = logging.getLogger(__name__)
 
-MIN_OPSET_CODEBOOK = 13  # the codebook face's ReduceSum with axes as an input
 
 
 @dataclass
@@ -409,7 +408,7 @@ def _prepare(model: onnx.ModelProto, cfg: QuantConfig) -> tuple[onnx.ModelProto,
             node.name = name
             used.add(name)
     own = _opset(model)
-    need = MIN_OPSET_CODEBOOK if cfg.codebook_weights else TABLE[cfg.precision].min_opset
+    need = WEIGHT_FORMAT_TABLE[cfg.weight_format].min_opset if cfg.codebook_weights else TABLE[cfg.precision].min_opset
     if cfg.opset is not None and cfg.opset < max(own, need):
         why = f"the model's opset {own}" if own > need else f"the opset {cfg.precision.upper()} needs ({need})"
         raise TrtqError(f"--opset {cfg.opset} is below {why}; trtq never lowers an opset.",

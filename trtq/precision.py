@@ -22,6 +22,23 @@ Symmetric quantization with scale s = amax / qmax (TensorRT, algorithms.md §8):
 `fp4` is known to the checker (a graph from another tool may hold it) but trtq does not write it:
 `PRECISIONS` lists the ones `QuantConfig.precision` accepts.
 
+Weight formats of the weight-only mode (`--precision int4 --weight-format F`, `WEIGHT_FORMAT_TABLE`):
+`int4` is the INT4 entry above; the others are trtq.plugins' codebook formats (b-bit codes, one FP16
+codebook per tensor, one FP16 scale per group; ONNX face: standard ops, opset 13; TensorRT face: the
+CodebookDequantize plugin):
+
+| format    | bits | levels                      | weights of         | min opset |
+|-----------|------|-----------------------------|--------------------|-----------|
+| int4      | 4    | uniform, INT4 Q/DQ          | MatMul, Gemm       | 21        |
+| nf4       | 4    | NF4 (fixed)                 | MatMul, Gemm, Conv | 13        |
+| codebook4 | 4    | learned (Lloyd-Max)         | MatMul, Gemm, Conv | 13        |
+| codebook3 | 3    | learned (Lloyd-Max)         | MatMul, Gemm, Conv | 13        |
+| uniform4  | 4    | [-8..7]/7 (fixed)           | MatMul, Gemm, Conv | 13        |
+| uniform3  | 3    | [-4..3]/3 (fixed)           | MatMul, Gemm, Conv | 13        |
+
+Log activation quantizers (`--act-quant M`, `LOG_STEPS`): log2 (step a = 1), logsqrt2 (a = 1/2),
+adalog (a = q/37 searched); x̂ = s·2^(−a·q) − c, trtq.plugins' LogFakeQuantize.
+
 Also here: `opset_of`, the one reader of a model's default-domain opset.
 """
 
@@ -37,7 +54,10 @@ from onnx import TensorProto
 from trtq.errors import TrtqError
 from trtq.targets import TARGETS
 
-__all__ = ["DEFAULT_BLOCK_SIZE", "PRECISIONS", "TABLE", "WEIGHTED_OPS", "Precision", "get_precision", "opset_of"]
+__all__ = [
+    "DEFAULT_BLOCK_SIZE", "LOG_STEPS", "PRECISIONS", "TABLE", "WEIGHTED_OPS", "WEIGHT_FORMAT_TABLE", "Precision",
+    "WeightFormat", "get_precision", "opset_of",
+]
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the ops whose inputs TensorRT quantizes
 DEFAULT_BLOCK_SIZE = 128  # block length along the reduction axis of block-wise weights (INT4)
@@ -127,6 +147,42 @@ TABLE: dict[str, Precision] = {
     )
 }
 PRECISIONS = tuple(name for name, p in TABLE.items() if p.writable)
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """How the weight-only mode stores a weight (`--weight-format`).
+
+    Attributes:
+        name: the `--weight-format` value.
+        bits: bits per weight code.
+        levels: "uniform" (INT4 Q/DQ), "nf4", "learned", or "grid" (a fixed uniform codebook).
+        weighted_ops: the ops whose constant weight it stores.
+        min_opset: the lowest opset its graph needs.
+        codebook: stored by trtq.plugins (codes, codebook, scales) rather than INT4 DequantizeLinear.
+    """
+
+    name: str
+    bits: int
+    levels: str
+    weighted_ops: tuple[str, ...] = ("MatMul", "Gemm", "Conv")
+    min_opset: int = 13  # the codebook face's ReduceSum with axes as an input
+    codebook: bool = True
+
+
+WEIGHT_FORMAT_TABLE: dict[str, WeightFormat] = {
+    f.name: f
+    for f in (
+        WeightFormat("int4", 4, "uniform", ("MatMul", "Gemm"), 21, codebook=False),
+        WeightFormat("nf4", 4, "nf4"),
+        WeightFormat("codebook4", 4, "learned"),
+        WeightFormat("codebook3", 3, "learned"),
+        WeightFormat("uniform4", 4, "grid"),
+        WeightFormat("uniform3", 3, "grid"),
+    )
+}
+# log activation quantizers: method -> step a (log2 of the ratio of neighbouring levels); None: searched
+LOG_STEPS: dict[str, float | None] = {"log2": 1.0, "logsqrt2": 0.5, "adalog": None}
 
 
 def get_precision(name: str) -> Precision:

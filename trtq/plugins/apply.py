@@ -232,11 +232,10 @@ def _sample(model: onnx.ModelProto, names: list[str], batches: BatchStream, seed
 
 
 def _steps(method: str) -> list[float]:
-    if method == "log2":
-        return [1.0]
-    if method == "logsqrt2":
-        return [0.5]
-    return [q / ADALOG_R for q in range(10, 138)]
+    from trtq.precision import LOG_STEPS
+
+    step = LOG_STEPS[method]
+    return [step] if step is not None else [q / ADALOG_R for q in range(10, 138)]
 
 
 def search_log(x: np.ndarray, method: str, bits: int, shift: float) -> tuple[LogParams, float]:

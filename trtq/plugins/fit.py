@@ -44,16 +44,15 @@ from trtq.plugins.reference import (
     group_index,
     pack_codes,
 )
+from trtq.precision import WEIGHT_FORMAT_TABLE
 
 __all__ = ["WEIGHT_FORMATS", "CodebookWeight", "fit_codebook_weight", "lloyd_max"]
 
-# format -> (bits, fixed codebook or None for a learned one)
+_FIXED = {"nf4": NF4_LEVELS, "grid4": UNIFORM4_LEVELS, "grid3": UNIFORM3_LEVELS}
+# codebook format (trtq.precision.WEIGHT_FORMAT_TABLE) -> (bits, fixed codebook or None for a learned one)
 WEIGHT_FORMATS: dict[str, tuple[int, np.ndarray | None]] = {
-    "nf4": (4, NF4_LEVELS),
-    "codebook4": (4, None),
-    "codebook3": (3, None),
-    "uniform4": (4, UNIFORM4_LEVELS),
-    "uniform3": (3, UNIFORM3_LEVELS),
+    f.name: (f.bits, None if f.levels == "learned" else _FIXED[f.levels if f.levels == "nf4" else f"grid{f.bits}"])
+    for f in WEIGHT_FORMAT_TABLE.values() if f.codebook
 }
 _ROUNDS = 3
 _LLOYD_ITERS = 100
