@@ -27,3 +27,14 @@ def test_demo_quantizes_and_compares(tmp_path, capsys):
 
     report = compare(tmp_path / "digits_fp32.onnx", tmp_path / "digits_int8.onnx", tmp_path / "eval.npz")
     assert report.outputs[0].sqnr_db > 25 and report.outputs[0].top1_agreement > 0.98
+
+
+def test_default_demo_folder_is_ignored_by_git():
+    """The README's first command runs `trtq demo` in the checkout: its default folder leaves git clean."""
+    from pathlib import Path
+
+    from trtq.cli import build_parser
+
+    assert build_parser().parse_args(["demo"]).out == "trtq-demo"
+    ignored = (Path(__file__).parent.parent / ".gitignore").read_text().split()
+    assert "trtq-demo/" in ignored
