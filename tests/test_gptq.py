@@ -12,7 +12,8 @@ from onnx import TensorProto, helper
 
 import trtq
 from trtq.calibrators.data import open_batches
-from trtq.calibrators.stats import collect_second_moments, token_mask_input
+from trtq.calibrators.observer import token_mask_input
+from trtq.calibrators.stats import collect_second_moments
 from trtq.config import QuantConfig
 from trtq.errors import TrtqError
 from trtq.exporter.gptq import GptqOptions, gptq_int4_blockwise, proxy_error

@@ -30,7 +30,7 @@ from trtq.config import (
 from trtq.errors import TrtqError
 from trtq.precision import DEFAULT_BLOCK_SIZE, TABLE
 
-__all__ = ["main"]
+__all__ = ["EXIT_CHECK_FAILED", "EXIT_USER_ERROR", "build_parser", "main"]
 
 EXIT_USER_ERROR = 2
 EXIT_CHECK_FAILED = 1

@@ -13,6 +13,7 @@ from trtq.precision import DEFAULT_BLOCK_SIZE, LOG_STEPS, PRECISIONS, TABLE, WEI
 from trtq.targets import TARGETS, TRT_VERSIONS, TargetSpec
 
 __all__ = [
+    "JsonConfig",
     "ACT_QUANT_METHODS",
     "CALIB_METHODS",
     "DEFAULT_CALIB_METHOD",

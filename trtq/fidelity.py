@@ -9,8 +9,8 @@ first deployment.
 
 The samples are the `SAMPLES` whose content hash (sha256 of every input's bytes) is smallest, evaluated
 one at a time in that order, so the figures depend neither on the batch size nor on the sample order
-(like every other number of the sidecar). Cost: one more read of the calibration data (hashing only)
-and `SAMPLES` inferences of both graphs with every quantized tensor exposed: a few percent of a
+(like every other number of the sidecar). Cost: hashing during the calibration pass (`SmallestHashes`
+rides on it) and `SAMPLES` inferences of both graphs with every quantized tensor exposed: a few percent of a
 calibration on the bench models.
 """
 
@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-__all__ = ["LOW_SQNR_DB", "SAMPLES", "choose_samples", "fidelity_check"]
+from trtq.calibrators.observer import Reducer
+
+__all__ = ["LOW_SQNR_DB", "SAMPLES", "SmallestHashes", "choose_samples", "fidelity_check"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,17 +76,38 @@ def fidelity_check(fp32: onnx.ModelProto, quantized: onnx.ModelProto,
 
 def choose_samples(batches: Iterable[Mapping[str, np.ndarray]], n: int = SAMPLES) -> list[dict[str, np.ndarray]]:
     """The `n` samples with the smallest content hash, in hash order (any batching, any order)."""
-    kept: dict[bytes, dict[str, np.ndarray]] = {}
+    chosen = SmallestHashes(n)
     for batch in batches:
+        chosen.update({}, batch, 0)
+    return chosen.samples()
+
+
+class SmallestHashes(Reducer):
+    """The `n` samples (graph inputs, one row each) with the smallest content hash: an observer reducer,
+    so the calibration pass picks them (no read of its own); two merge into the `n` smallest of both."""
+
+    def __init__(self, n: int = SAMPLES) -> None:
+        self.n = n
+        self.kept: dict[bytes, dict[str, np.ndarray]] = {}
+
+    def update(self, values: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray], samples: int) -> None:
         names = sorted(batch)
         for i in range(len(batch[names[0]])):
             sample = {k: np.ascontiguousarray(batch[k][i:i + 1]) for k in names}
             digest = hashlib.sha256()
             for k in names:
                 digest.update(k.encode() + b"\0" + str(sample[k].dtype).encode() + sample[k].tobytes())
-            key = digest.digest()
-            if len(kept) < n or key < max(kept):
-                kept[key] = sample
-                if len(kept) > n:
-                    del kept[max(kept)]
-    return [kept[k] for k in sorted(kept)]
+            self._keep(digest.digest(), sample)
+
+    def _keep(self, key: bytes, sample: dict[str, np.ndarray]) -> None:
+        if len(self.kept) < self.n or key < max(self.kept):
+            self.kept[key] = sample
+            if len(self.kept) > self.n:
+                del self.kept[max(self.kept)]
+
+    def merge(self, other: SmallestHashes) -> None:
+        for key, sample in other.kept.items():
+            self._keep(key, sample)
+
+    def samples(self) -> list[dict[str, np.ndarray]]:
+        return [self.kept[k] for k in sorted(self.kept)]

@@ -9,6 +9,7 @@ import platform
 import re
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,16 +21,17 @@ from trtq import _io
 from trtq._ort import current_providers, session_device
 from trtq._shapes import add_inferred_shapes
 from trtq._version import __version__
-from trtq.calibrators.data import BatchStream, open_batches
+from trtq.calibrators.data import Batch, BatchStream, open_batches
 from trtq.calibrators.methods import compute_amax
-from trtq.calibrators.stats import collect_channel_stats, collect_stats
+from trtq.calibrators.observer import Reducer, observe, token_mask_input
+from trtq.calibrators.stats import ChannelStatsReducer, FirstSamples, GramReducer, collect_stats
 from trtq.config import CalibConfig, QuantConfig, Target
 from trtq.errors import TrtqError
 from trtq.exporter.passes import PassContext, PassRun, resolve_passes, run_passes
 from trtq.exporter.placement import QuantPlan, plan_quantization
 from trtq.exporter.qdq import insert_qdq
 from trtq.exporter.weight_subgraphs import fold_weight_subgraphs
-from trtq.fidelity import choose_samples, fidelity_check
+from trtq.fidelity import SmallestHashes, fidelity_check
 from trtq.precision import TABLE, WEIGHT_FORMAT_TABLE, opset_of
 from trtq.sensitivity import FallbackResult, cast_to_fp16, sensitivity_fallback
 
@@ -113,18 +115,24 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
         del fp32  # the passes' output replaces it: holding both would double the weights in memory
         plan, codebook_plan = _plan_weights(folded, cfg, passes.plan)
         log_acts, log_report = _log_activations(folded, plan, batches, cfg)
-        calib_report, amax = _calibrate(folded, plan, batches, cfg, progress)
+        # one pass over the data serves the ranges, INT4's importance and the fallback's samples
+        power = _importance_reducer(folded, plan, cfg.int4_method) if codebook_plan is None else None
+        replay = FirstSamples(cfg.fallback_samples) if _wants_fallback(cfg) and codebook_plan is None else None
+        hashes = SmallestHashes() if not cfg.plugins else None  # the post-quantization fidelity samples
+        calib_report, amax = _calibrate(folded, plan, batches, cfg, progress,
+                                        also=[r for r in (power, replay, hashes) if r is not None])
         fallback = None
         if codebook_plan is not None:
             from trtq.plugins.apply import quantize_codebook
 
             codebooks, tensors = quantize_codebook(folded, codebook_plan, batches, cfg, progress)
         else:
-            importance = _channel_power(folded, plan, batches, cfg.int4_method, progress)
-            fallback = _fallback(folded, plan, amax, batches, cfg, importance, progress)
+            importance = _importance(plan, power) if batches is not None else {}
+            replayed = replay.batches if replay is not None and batches is not None else None
+            fallback = _fallback(folded, plan, amax, replayed, cfg, importance, progress)
             if fallback is not None:
                 plan = fallback.plan
-        fidelity_samples = choose_samples(batches) if batches is not None and not cfg.plugins else []
+        fidelity_samples = hashes.samples() if hashes is not None and batches is not None else []
     finally:
         _close_data(selection, batches)
     if codebook_plan is None:
@@ -264,10 +272,11 @@ def _plan(model: onnx.ModelProto, cfg: QuantConfig) -> QuantPlan:
     return plan
 
 
-def _fallback(model: onnx.ModelProto, plan: QuantPlan, amax: dict[str, float], batches: BatchStream | None,
+def _fallback(model: onnx.ModelProto, plan: QuantPlan, amax: dict[str, float], batches: list[Batch] | None,
               cfg: QuantConfig, importance: dict[str, np.ndarray], progress: bool) -> FallbackResult | None:
-    """Sensitivity analysis and fallback when the config asks for a budget or a target SQNR."""
-    if cfg.fallback_budget is None and cfg.target_sqnr is None:
+    """Sensitivity analysis and fallback when the config asks for a budget or a target SQNR, on `batches`:
+    the first calibration samples, taken during the calibration pass (`FirstSamples`)."""
+    if not _wants_fallback(cfg):
         return None
     layers = len(plan.quantized_nodes)
     if cfg.fallback_budget is not None and cfg.fallback_budget >= layers:
@@ -437,12 +446,17 @@ def _convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
 
 
 def _calibrate(model: onnx.ModelProto, plan: QuantPlan, batches: BatchStream | None, cfg: QuantConfig,
-               progress: bool) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
-    if not plan.activations or batches is None:
+               progress: bool, also: Sequence[Reducer] = ()) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """Activation ranges of the plan's tensors; `also` rides on the same pass over the data."""
+    if batches is None:
+        return {}, {}
+    if not plan.activations:
+        if also:
+            observe(model, batches, also, desc="calibrate", progress=progress)
         return {}, {}
     calib: CalibConfig = cfg.calib
-    stats = collect_stats(model, sorted(plan.activations), batches,
-                          histograms=calib.method != "minmax", num_bins=calib.num_bins, progress=progress)
+    stats = collect_stats(model, sorted(plan.activations), batches, histograms=calib.method != "minmax",
+                          num_bins=calib.num_bins, progress=progress, also=also)
     amax: dict[str, float] = {}
     report: dict[str, dict[str, Any]] = {}
     for name, st in stats.items():
@@ -478,24 +492,31 @@ def _require_ranges(plan: QuantPlan, stats: dict[str, Any], amax: dict[str, floa
     )
 
 
-def _channel_power(model: onnx.ModelProto, plan: QuantPlan, batches: BatchStream | None, method: str,
-                   progress: bool) -> dict[str, np.ndarray]:
-    """INT4 with calibration data: per weight, what its input's data says (see `insert_qdq`).
+def _wants_fallback(cfg: QuantConfig) -> bool:
+    return cfg.fallback_budget is not None or cfg.target_sqnr is not None
 
-    gptq: the K × K Hessian H = (2/n)·Σ x·xᵀ over unpadded tokens (one per distinct input, shared);
-    rtn: the per-input-channel power E[x_k²] (activation-aware clipping only).
+
+def _importance_reducer(model: onnx.ModelProto, plan: QuantPlan, method: str) -> Reducer | None:
+    """INT4 with calibration data: what each weight's input says (see `insert_qdq`).
+
+    gptq: Σ x·xᵀ over unpadded tokens (one per distinct input, shared by its weights), for the K × K
+    Hessian H = (2/n)·Σ x·xᵀ; rtn: the per-input-channel power E[x_k²] (activation-aware clipping only).
     """
-    if batches is None or not plan.int4_inputs:
-        return {}
+    if not plan.int4_inputs:
+        return None
     if method == "gptq":
-        from trtq.calibrators.stats import collect_second_moments, token_mask_input
+        return GramReducer(list(plan.int4_inputs.values()), mask=token_mask_input(model))
+    return ChannelStatsReducer({x: -1 for x in set(plan.int4_inputs.values())})
 
-        moments = collect_second_moments(model, list(plan.int4_inputs.values()), batches,
-                                         mask=token_mask_input(model), progress=progress)
-        hessians = {x: m.hessian for x, m in moments.items()}  # one array per input, shared by its weights
+
+def _importance(plan: QuantPlan, reducer: Reducer | None) -> dict[str, np.ndarray]:
+    if isinstance(reducer, GramReducer):
+        hessians = {x: m.hessian for x, m in reducer.result().items()}  # one array per input, shared
         return {w: hessians[x] for w, x in plan.int4_inputs.items()}
-    stats = collect_channel_stats(model, {x: -1 for x in set(plan.int4_inputs.values())}, batches, progress=progress)
-    return {w: stats[x].sqmean for w, x in plan.int4_inputs.items()}
+    if isinstance(reducer, ChannelStatsReducer):
+        stats = reducer.result()
+        return {w: stats[x].sqmean for w, x in plan.int4_inputs.items()}
+    return {}
 
 
 def _run_check(model: onnx.ModelProto, cfg: QuantConfig) -> dict[str, Any]:

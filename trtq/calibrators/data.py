@@ -32,7 +32,7 @@ import onnx
 
 from trtq.errors import TrtqError
 
-__all__ = ["Batch", "BatchSource", "BatchStream", "InputSpec", "model_inputs", "open_batches"]
+__all__ = ["Batch", "BatchSource", "BatchStream", "InputSpec", "model_inputs", "open_batches", "to_numpy"]
 
 logger = logging.getLogger(__name__)
 

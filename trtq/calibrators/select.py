@@ -56,7 +56,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,9 +64,8 @@ import numpy as np
 import onnx
 
 from trtq._io import load_model
-from trtq._ort import make_session
 from trtq.calibrators.data import Batch, BatchStream, model_inputs
-from trtq.calibrators.stats import SENTINEL, progress_bar, token_keep, token_mask_input
+from trtq.calibrators.observer import SENTINEL, Reducer, observe, token_keep, token_mask_input
 from trtq.config import SELECT_METHODS as METHODS
 from trtq.config import SelectConfig
 from trtq.errors import TrtqError
@@ -76,6 +75,7 @@ __all__ = [
     "DEFAULT_METHOD",
     "METHODS",
     "STATISTICS",
+    "FeatureRows",
     "FeatureSet",
     "SelectConfig",
     "SelectedSource",
@@ -193,28 +193,45 @@ def _extract(model: onnx.ModelProto, stream: BatchStream, feature: str | None, p
     _check_feature(model, name)
     inputs = model_inputs(model)
     mask = token_mask_input(inputs)
-    from_input = name in {s.name for s in inputs}
-    session = None if from_input else make_session(model, outputs=[name])
     started = time.perf_counter()
-    rows: list[np.ndarray] = []
-    parts: dict[str, list[np.ndarray]] = {s: [] for s in STATISTICS}
-    shape: tuple[int, ...] = ()
-    for batch in progress_bar(stream, "select: features", progress):
-        value = batch[name] if from_input else session.run([name], batch)[0]
-        shape = shape or tuple(np.shape(value)[1:])
-        vec, stats = reduce_feature(value, batch.get(mask) if mask else None)
-        if rows and vec.shape[1] != rows[0].shape[1]:
-            raise TrtqError(f"selection feature {name!r} has {rows[0].shape[1]} channels in one batch and "
-                            f"{vec.shape[1]} in another.", "name a tensor whose channel count is fixed.")
-        rows.append(vec)
-        for s in STATISTICS:
-            parts[s].append(stats[s])
-    values = np.concatenate(rows)
-    del rows
+    features = FeatureRows(name, mask)
+    observe(model, stream, [features], desc="select: features", progress=progress)
+    values = np.concatenate(features.rows)
     seconds = time.perf_counter() - started
     logger.info("selection features: %s %s over %d candidates in %.1f s", name, values.shape[1:], len(values),
                 seconds)
-    return FeatureSet(name, values, {s: np.concatenate(p) for s, p in parts.items()}, shape, mask, seconds)
+    return FeatureSet(name, values, {s: np.concatenate(p) for s, p in features.stats.items()}, features.shape,
+                      mask, seconds)
+
+
+class FeatureRows(Reducer):
+    """Each sample's reduced feature vector and statistics (`reduce_feature`), in data order."""
+
+    def __init__(self, feature: str, mask: str | None) -> None:
+        self.tensors = (feature,)
+        self.mask = mask
+        self.rows: list[np.ndarray] = []
+        self.stats: dict[str, list[np.ndarray]] = {s: [] for s in STATISTICS}
+        self.shape: tuple[int, ...] = ()
+
+    def update(self, values: Mapping[str, np.ndarray], batch: Batch, samples: int) -> None:
+        name = self.tensors[0]
+        value = values[name]
+        self.shape = self.shape or tuple(np.shape(value)[1:])
+        vec, stats = reduce_feature(value, batch.get(self.mask) if self.mask else None)
+        if self.rows and vec.shape[1] != self.rows[0].shape[1]:
+            raise TrtqError(f"selection feature {name!r} has {self.rows[0].shape[1]} channels in one batch and "
+                            f"{vec.shape[1]} in another.", "name a tensor whose channel count is fixed.")
+        self.rows.append(vec)
+        for s in STATISTICS:
+            self.stats[s].append(stats[s])
+
+    def merge(self, other: FeatureRows) -> None:
+        """Append `other`'s samples (taken over later batches) after these."""
+        self.rows += other.rows
+        for s in STATISTICS:
+            self.stats[s] += other.stats[s]
+        self.shape = self.shape or other.shape
 
 
 def extract_features(model: Any, candidates: Any, *, feature: str | None = None, batch_size: int = 8,

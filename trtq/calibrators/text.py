@@ -32,7 +32,7 @@ from trtq.calibrators.data import to_numpy
 from trtq.config import JsonConfig
 from trtq.errors import TrtqError
 
-__all__ = ["PADDINGS", "TextOptions", "TextSource"]
+__all__ = ["JSONL_SUFFIXES", "PADDINGS", "TextOptions", "TextSource"]
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from trtq.precision import TABLE
 
-__all__ = ["QuantizedWeight", "quantize_int4_blockwise", "quantize_per_channel"]
+__all__ = ["INT4_CLIP_GRID", "QuantizedWeight", "quantize_int4_blockwise", "quantize_per_channel"]
 
 _TINY = np.finfo(np.float32).tiny
 _INT4 = TABLE["int4"]

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from trtq.calibrators.data import BatchStream
+from trtq.calibrators.data import Batch, BatchStream
+from trtq.calibrators.observer import SENTINEL, Reducer
 from trtq.config import ActQuantConfig, QuantConfig
 from trtq.errors import TrtqError
 from trtq.exporter.placement import QuantPlan, WeightSlot
@@ -35,7 +37,7 @@ from trtq.plugins.onnx_face import LogParams, WeightSite
 from trtq.plugins.reference import GELU_SHIFT, canonical_matrix, fake_quantize_log
 
 __all__ = [
-    "CodebookPlan", "act_consumers", "default_act_tensors", "fit_log_activations", "plan_codebook",
+    "ADALOG_R", "CodebookPlan", "ValueSample", "act_consumers", "default_act_tensors", "fit_log_activations", "plan_codebook",
     "quantize_codebook", "search_log", "weight_report",
 ]
 
@@ -114,16 +116,17 @@ def _importance(model: onnx.ModelProto, cp: CodebookPlan, batches: BatchStream |
     """(importance per weight, Hessian per weight) from the calibration data (empty without data)."""
     if batches is None or not cp.inputs:
         return {}, {}
-    from trtq.calibrators.stats import collect_channel_stats, collect_second_moments, token_mask_input
+    from trtq.calibrators.observer import observe, token_mask_input
+    from trtq.calibrators.stats import ChannelStatsReducer, GramReducer
 
-    hessians: dict[str, np.ndarray] = {}
-    linear = {w: x for w, (x, axis) in cp.inputs.items() if axis == -1}
-    if method == "gptq" and linear:
-        moments = collect_second_moments(model, sorted(set(linear.values())), batches,
-                                         mask=token_mask_input(model), progress=progress)
-        hessians = {w: moments[x].hessian for w, x in linear.items()}
-    axes = {x: axis for w, (x, axis) in cp.inputs.items() if w not in hessians}
-    stats = collect_channel_stats(model, axes, batches, progress=progress) if axes else {}
+    linear = {w: x for w, (x, axis) in cp.inputs.items() if axis == -1} if method == "gptq" else {}
+    grams = GramReducer(sorted(set(linear.values())), mask=token_mask_input(model))
+    channels = ChannelStatsReducer({x: axis for w, (x, axis) in cp.inputs.items() if w not in linear})
+    observe(model, batches, [r for r in (grams, channels) if r.tensors], desc="calibrate: importance",
+            progress=progress)  # one pass over the data for both
+    moments = grams.result()
+    hessians = {w: moments[x].hessian for w, x in linear.items()}
+    stats = channels.result()
     importance = {}
     for w, (x, axis) in cp.inputs.items():
         if w in hessians:
@@ -216,19 +219,36 @@ def act_consumers(model: onnx.ModelProto, tensors: list[str]) -> dict[str, list[
 
 def _sample(model: onnx.ModelProto, names: list[str], batches: BatchStream, seed: int) -> dict[str, np.ndarray]:
     """A seeded sample of at most 2**17 finite values per tensor (at most 2**14 per batch)."""
-    from trtq._ort import make_session
+    from trtq.calibrators.observer import observe
 
-    session = make_session(model, outputs=names)
-    rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for batch in batches:
-        for name, value in zip(names, session.run(names, batch)):
-            x = np.asarray(value, np.float32).ravel()
-            x = x[np.isfinite(x)]
+    sample = ValueSample(names, np.random.default_rng(seed))
+    observe(model, batches, [sample], desc="act-quant: values")
+    return sample.result()
+
+
+class ValueSample(Reducer):
+    """Per tensor, the batches' finite values (no mask sentinel), at most `_PER_BATCH` drawn per batch
+    (seeded, in order); `result` keeps the first `_SAMPLE`. Merging appends the other's later batches."""
+
+    def __init__(self, names: list[str], rng: np.random.Generator) -> None:
+        self.tensors = tuple(names)
+        self.rng = rng
+        self.parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+
+    def update(self, values: Mapping[str, np.ndarray], batch: Batch, samples: int) -> None:
+        for name in self.tensors:
+            x = np.asarray(values[name], np.float32).ravel()
+            x = x[np.abs(x) < SENTINEL]  # the observer's rule: no NaN, infinity or mask sentinel
             if len(x) > _PER_BATCH:
-                x = x[np.sort(rng.choice(len(x), _PER_BATCH, replace=False))]
-            parts[name].append(x)
-    return {n: np.concatenate(p)[:_SAMPLE] if p else np.zeros(0, np.float32) for n, p in parts.items()}
+                x = x[np.sort(self.rng.choice(len(x), _PER_BATCH, replace=False))]
+            self.parts[name].append(x)
+
+    def merge(self, other: ValueSample) -> None:
+        for name, parts in other.parts.items():
+            self.parts[name] += parts
+
+    def result(self) -> dict[str, np.ndarray]:
+        return {n: np.concatenate(p)[:_SAMPLE] if p else np.zeros(0, np.float32) for n, p in self.parts.items()}
 
 
 def _steps(method: str) -> list[float]:

@@ -34,7 +34,7 @@ import onnx_graphsurgeon as gs
 
 from trtq.plugins.fit import CodebookWeight
 
-__all__ = ["FACE_KEY", "LogParams", "WeightSite", "insert_faces"]
+__all__ = ["FACE_KEY", "PLUGIN_NAMESPACE", "PLUGIN_VERSION", "LogParams", "WeightSite", "insert_faces"]
 
 FACE_KEY = "trtq_face"
 PLUGIN_NAMESPACE = "trtq"

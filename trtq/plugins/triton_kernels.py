@@ -39,6 +39,9 @@ import triton.language as tl
 
 __all__ = [
     "DEQUANT_BLOCK",
+    "codebook_dequant_kernel",
+    "codebook_matmul_kernel",
+    "log_fake_quant_kernel",
     "LOG_BLOCK",
     "CompiledKernel",
     "codebook_matmul",

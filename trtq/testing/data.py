@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CALIB_PHOTOS", "EVAL_PHOTOS", "image_batch", "load_photo", "mean_pooled", "prose_sentences", "sentence_pool",
-           "sentences", "token_batch"]
+__all__ = ["CALIB_PHOTOS", "EVAL_PHOTOS", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_SIZE", "image_batch", "load_photo",
+           "mean_pooled", "prose_sentences", "sentence_pool", "sentences", "token_batch"]
 
 IMAGE_SIZE = 224
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)

@@ -28,6 +28,7 @@ with the reason.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from trtq.calibrators.stats import SENTINEL
+from trtq.calibrators.data import Batch
+from trtq.calibrators.observer import SENTINEL, Reducer
 from trtq.exporter.passes.base import PassResult, graph_to_model, unique_name
 from trtq.exporter.passes.context import PassContext
 from trtq.exporter.passes.registry import register_pass
@@ -43,11 +45,11 @@ from trtq.exporter.placement import WeightSlot, node_names
 from trtq.exporter.weights import quantize_per_channel
 from trtq.precision import TABLE
 
-__all__ = ["bias_correction"]
+__all__ = ["TapSums", "bias_correction"]
 
 logger = logging.getLogger(__name__)
 
-PASS_NAME = "bias_correction"
+_PASS_NAME = "bias_correction"
 _AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
 
 
@@ -167,27 +169,10 @@ def _collect_input_stats(model: onnx.ModelProto, targets: list[_Target], ctx: Pa
     A Conv input is summed over the batch only (one map per input size seen); the kernel taps are read off
     those maps at the end, so the per-batch cost is one reduction per tensor.
     """
-    from trtq._ort import make_session
-
-    inputs = {i.name for i in model.graph.input}
-    names = sorted({t.input_name for t in targets} - inputs)
-    session = make_session(model, outputs=names)
-    readers = {(t.input_name, _layout(t)) for t in targets}
-    acc: dict[tuple[str, str], dict[tuple[int, ...], _ExactSum]] = {key: {} for key in readers}
-    samples = 0
-    for batch in ctx.require_data(PASS_NAME):
-        values = dict(zip(names, session.run(names, batch))) if names else {}
-        values.update({k: v for k, v in batch.items() if k in inputs})
-        for name, layout in readers:
-            x = np.asarray(values[name])
-            if layout == "transposed":
-                x = x.T
-            if layout != "map":
-                x = x.reshape(-1, x.shape[-1])
-            _accumulate(acc[(name, layout)], x)
-        samples += len(next(iter(batch.values())))
+    taps = TapSums({(t.input_name, _layout(t)) for t in targets})
+    samples = ctx.observe(model, [taps], _PASS_NAME).samples
     for target in targets:
-        sums = acc[(target.input_name, _layout(target))]
+        sums = taps.sums[(target.input_name, _layout(target))]
         for shape in sorted(sums):  # a fixed order: the input sizes seen, whatever order they came in
             total, count = sums[shape].value(), sums[shape].count
             positions = 1.0
@@ -205,9 +190,31 @@ def _layout(target: _Target) -> str:
     return "transposed" if target.node.op == "Gemm" and target.node.attrs.get("transA", 0) else "rows"
 
 
-def _accumulate(acc: dict[tuple[int, ...], _ExactSum], x: np.ndarray) -> None:
-    """Add ``Σ_rows x`` (sentinel and non-finite values as 0) and the row count to ``acc[row shape]``."""
-    acc.setdefault(x.shape[1:], _ExactSum()).add(x)
+class TapSums(Reducer):
+    """Per (input tensor, layout): exact ``Σ_rows x`` and row counts, by row shape (`_ExactSum`).
+
+    Layouts: "map" (a Conv input, summed over the batch only: one map per input size seen),
+    "rows" (features last), "transposed" (Gemm transA). Sentinel and non-finite values count as 0.
+    """
+
+    def __init__(self, readers: set[tuple[str, str]]) -> None:
+        self.readers = sorted(readers)
+        self.tensors = tuple(sorted({name for name, _ in readers}))
+        self.sums: dict[tuple[str, str], dict[tuple[int, ...], _ExactSum]] = {key: {} for key in self.readers}
+
+    def update(self, values: Mapping[str, np.ndarray], batch: Batch, samples: int) -> None:
+        for name, layout in self.readers:
+            x = np.asarray(values[name])
+            if layout == "transposed":
+                x = x.T
+            if layout != "map":
+                x = x.reshape(-1, x.shape[-1])
+            self.sums[(name, layout)].setdefault(x.shape[1:], _ExactSum()).add(x)
+
+    def merge(self, other: TapSums) -> None:
+        for key, by_shape in other.sums.items():
+            for shape, total in by_shape.items():
+                self.sums.setdefault(key, {}).setdefault(shape, _ExactSum()).merge(total)
 
 
 class _ExactSum:
@@ -266,6 +273,18 @@ class _ExactSum:
             self._limbs[-1] += y.astype(np.int64).sum(axis=0)
         self._pending += rows
         if self._pending >= self._CARRY_ROWS:
+            self._carry()
+
+    def merge(self, other: _ExactSum) -> None:
+        """Add the exact sum of `other` (rows of the same shape) to this one."""
+        self.count += other.count
+        for part in (self, other):
+            if part._small is not None or part._limbs is not None:
+                part._wide(part._small.shape if part._small is not None else part._limbs.shape[1:])
+                part._flush()
+        if other._limbs is not None:
+            self._wide(other._limbs.shape[1:])
+            self._limbs += other._limbs
             self._carry()
 
     def _wide(self, shape: tuple[int, ...]) -> np.ndarray:

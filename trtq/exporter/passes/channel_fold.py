@@ -26,7 +26,6 @@ shared falls back to the explicit Mul (`trtq.exporter.passes.channel_match` find
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -35,7 +34,7 @@ import onnx_graphsurgeon as gs
 from trtq.exporter.passes.base import unique_name
 from trtq.exporter.passes.channel_match import Consumer, FoldTarget, Group, node_name, readers
 
-__all__ = ["apply_fold", "channel_ranges"]
+__all__ = ["apply_fold"]
 
 logger = logging.getLogger(__name__)
 
@@ -231,32 +230,3 @@ def _set_input(node: gs.Node, index: int, tensor: gs.Tensor) -> None:
         node.inputs[index] = tensor
     else:
         node.inputs.append(tensor)
-
-
-Ranges = dict[str, tuple[np.ndarray, np.ndarray, int]]
-
-
-def channel_ranges(model: onnx.ModelProto, tensors: Sequence[str],
-                   batches: Iterable[Mapping[str, np.ndarray]]) -> Ranges:
-    """Per-channel (last axis) min and max of each tensor over the data, and the number of rows seen.
-
-    Rows holding a non-finite value (or a mask sentinel) are skipped.
-    """
-    from trtq._ort import make_session
-    from trtq.calibrators.stats import SENTINEL
-
-    names = sorted(tensors)
-    session = make_session(model, outputs=names)
-    out: Ranges = {}
-    for batch in batches:
-        for name, value in zip(names, session.run(names, dict(batch))):
-            x = np.asarray(value, np.float64)
-            x = x.reshape(-1, x.shape[-1])
-            x = x[np.all(np.abs(x) < SENTINEL, axis=1)]
-            if not len(x):
-                continue
-            lo, hi, rows = x.min(axis=0), x.max(axis=0), len(x)
-            if name in out:
-                lo, hi, rows = np.minimum(out[name][0], lo), np.maximum(out[name][1], hi), rows + out[name][2]
-            out[name] = (lo, hi, rows)
-    return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 
 from trtq.calibrators.data import BatchStream
-from trtq.calibrators.stats import ChannelStats, collect_channel_stats
+from trtq.calibrators.observer import Observation, Reducer, observe
 from trtq.config import QuantConfig
 from trtq.errors import TrtqError
 
@@ -63,47 +63,10 @@ class PassContext:
                             f"pass --calib-data, or leave {pass_name} out of --passes.")
         return self.batches
 
-    def channel_stats(self, model: onnx.ModelProto, axes: Mapping[str, int], pass_name: str) -> dict[str, ChannelStats]:
-        """Per-channel absmax / mean / mean-square of tensors of `model` over the calibration data."""
-        return collect_channel_stats(model, axes, self.require_data(pass_name), progress=self.progress)
+    def observe(self, model: onnx.ModelProto, reducers: Sequence[Reducer], pass_name: str) -> Observation:
+        """One pass of the calibration data through `model`, feeding `reducers` (`trtq.calibrators.observer`).
 
-    def sample_rows(self, model: onnx.ModelProto, axes: Mapping[str, int], max_rows: int,
-                    pass_name: str) -> dict[str, np.ndarray]:
-        """Up to `max_rows` rows (vectors along each tensor's channel axis) of each tensor, drawn uniformly.
-
-        A seeded reservoir sample over the whole calibration set: memory is `max_rows` x channels per
-        tensor whatever the number of samples. Rows holding non-finite values are skipped.
-
-        Returns:
-            tensor name -> float32 array [rows, channels].
+        Raises:
+            TrtqError: no calibration data was given (the message names `pass_name`).
         """
-        from trtq._ort import make_session
-        from trtq.calibrators.stats import SENTINEL
-
-        names = sorted(axes)
-        session = make_session(model, outputs=names)
-        rng = np.random.default_rng(self.config.seed)
-        reservoir: dict[str, np.ndarray] = {}
-        seen = dict.fromkeys(names, 0)
-        for batch in self.require_data(pass_name):
-            for name, value in zip(names, session.run(names, batch)):
-                x = np.moveaxis(np.asarray(value, np.float32), axes[name], -1)
-                x = x.reshape(-1, x.shape[-1])
-                x = x[np.all(np.abs(x) < SENTINEL, axis=1)]
-                reservoir[name] = _reservoir_add(reservoir.get(name), x, seen[name], max_rows, rng)
-                seen[name] += len(x)
-        return reservoir
-
-
-def _reservoir_add(res: np.ndarray | None, rows: np.ndarray, seen: int, size: int,
-                   rng: np.random.Generator) -> np.ndarray:
-    """Algorithm R over a block of rows: every row seen so far is kept with probability size/seen."""
-    if res is None:
-        res = np.empty((0, rows.shape[1]), rows.dtype)
-    take = max(0, min(size - len(res), len(rows)))
-    res = np.concatenate([res, rows[:take]])
-    for i in range(take, len(rows)):
-        j = rng.integers(0, seen + i + 1)
-        if j < size:
-            res[j] = rows[i]
-    return res
+        return observe(model, self.require_data(pass_name), reducers, desc=pass_name, progress=self.progress)

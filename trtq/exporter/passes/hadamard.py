@@ -28,6 +28,7 @@ import logging
 import numpy as np
 
 __all__ = [
+    "MAX_PALEY_ORDER",
     "hadamard",
     "hadamard_base",
     "has_hadamard",

@@ -32,9 +32,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from trtq.calibrators.stats import ChannelRangeReducer
 from trtq.errors import TrtqError
 from trtq.exporter.passes.base import PassResult, graph_to_model
-from trtq.exporter.passes.channel_fold import apply_fold, channel_ranges
+from trtq.exporter.passes.channel_fold import apply_fold
 from trtq.exporter.passes.channel_match import (
     FoldTarget,
     Group,
@@ -101,7 +102,9 @@ def repq_reparameterize(model: onnx.ModelProto, ctx: PassContext, options: RepqO
     plans = _layernorm_groups(graph, groups, report["skipped"])
     if not plans:
         return PassResult(model, report)
-    ranges = channel_ranges(model, [g.tensor.name for g, _ in plans], ctx.require_data("repq"))
+    reducer = ChannelRangeReducer([g.tensor.name for g, _ in plans])
+    ctx.observe(model, [reducer], "repq")
+    ranges = reducer.ranges
     for group, target in plans:
         lo, hi, rows = ranges.get(group.tensor.name, (None, None, 0))
         if rows < min_rows_per_channel * group.channels:

@@ -41,6 +41,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from trtq.calibrators.methods import fake_quant
+from trtq.calibrators.stats import ChannelStatsReducer, ReservoirReducer
 from trtq.errors import TrtqError
 from trtq.exporter.passes.base import PassResult, graph_to_model
 from trtq.exporter.passes.channel_fold import apply_fold
@@ -117,8 +118,10 @@ def smoothquant(model: onnx.ModelProto, ctx: PassContext,
     if not groups:
         return PassResult(model, report)
     axes = {g.tensor.name: -1 for g in groups}
-    stats = ctx.channel_stats(model, axes, "smoothquant")
-    rows = ctx.sample_rows(model, axes, max_rows, "smoothquant")
+    channels = ChannelStatsReducer(axes)
+    sample = ReservoirReducer(axes, max_rows, np.random.default_rng(ctx.config.seed))
+    ctx.observe(model, [channels, sample], "smoothquant")  # one pass over the data for both
+    stats, rows = channels.result(), sample.rows
     report["rows"] = max((len(r) for r in rows.values()), default=0)
     targets = [trace_target(graph, g) for g in groups]  # on the unchanged graph
     for group, target in zip(groups, targets):
