@@ -14,6 +14,7 @@ from trtq.targets import TARGETS, TRT_VERSIONS, TargetSpec
 
 __all__ = [
     "JsonConfig",
+    "check_field_types",
     "ACT_QUANT_METHODS",
     "CALIB_METHODS",
     "DEFAULT_CALIB_METHOD",
