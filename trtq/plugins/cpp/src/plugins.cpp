@@ -88,12 +88,10 @@ CodebookDequantizePlugin::CodebookDequantizePlugin(int32_t bits, int32_t groupSi
     , mK(k)
     , mOutDtype(outDtype)
 {
-    mFields = {nvinfer1::PluginField("bits", &mBits, nvinfer1::PluginFieldType::kINT32, 1),
+    setFields({nvinfer1::PluginField("bits", &mBits, nvinfer1::PluginFieldType::kINT32, 1),
         nvinfer1::PluginField("group_size", &mGroupSize, nvinfer1::PluginFieldType::kINT32, 1),
         nvinfer1::PluginField("k", &mK, nvinfer1::PluginFieldType::kINT32, 1),
-        nvinfer1::PluginField("out_dtype", &mOutDtype, nvinfer1::PluginFieldType::kINT32, 1)};
-    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
-    mFieldCollection.fields = mFields.data();
+        nvinfer1::PluginField("out_dtype", &mOutDtype, nvinfer1::PluginFieldType::kINT32, 1)});
 }
 
 nvinfer1::IPluginV3* CodebookDequantizePlugin::clone() noexcept
@@ -221,11 +219,6 @@ int32_t CodebookDequantizePlugin::enqueue(nvinfer1::PluginTensorDesc const* /*in
     return status == cudaSuccess ? 0 : -1;
 }
 
-nvinfer1::PluginFieldCollection const* CodebookDequantizePlugin::getFieldsToSerialize() noexcept
-{
-    return &mFieldCollection;
-}
-
 // ---------------------------------------------------------------- LogFakeQuantize
 
 LogFakeQuantizePlugin::LogFakeQuantizePlugin(int32_t bits, float scale, float step, float shift) noexcept
@@ -239,12 +232,10 @@ LogFakeQuantizePlugin::LogFakeQuantizePlugin(int32_t bits, float scale, float st
     mK1 = static_cast<float>(-1.0 / (static_cast<double>(step) * ln2));
     mK0 = static_cast<float>(std::log(static_cast<double>(scale)) / (static_cast<double>(step) * ln2));
     mK2 = static_cast<float>(-static_cast<double>(step) * ln2);
-    mFields = {nvinfer1::PluginField("bits", &mBits, nvinfer1::PluginFieldType::kINT32, 1),
+    setFields({nvinfer1::PluginField("bits", &mBits, nvinfer1::PluginFieldType::kINT32, 1),
         nvinfer1::PluginField("scale", &mScale, nvinfer1::PluginFieldType::kFLOAT32, 1),
         nvinfer1::PluginField("step", &mStep, nvinfer1::PluginFieldType::kFLOAT32, 1),
-        nvinfer1::PluginField("shift", &mShift, nvinfer1::PluginFieldType::kFLOAT32, 1)};
-    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
-    mFieldCollection.fields = mFields.data();
+        nvinfer1::PluginField("shift", &mShift, nvinfer1::PluginFieldType::kFLOAT32, 1)});
 }
 
 nvinfer1::IPluginV3* LogFakeQuantizePlugin::clone() noexcept
@@ -309,11 +300,6 @@ int32_t LogFakeQuantizePlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDe
         : launchLogFakeQuantize(static_cast<float const*>(inputs[0]), count, mScale, mShift, mK1, mK0, mK2, levels,
             static_cast<float*>(outputs[0]), stream);
     return status == cudaSuccess ? 0 : -1;
-}
-
-nvinfer1::PluginFieldCollection const* LogFakeQuantizePlugin::getFieldsToSerialize() noexcept
-{
-    return &mFieldCollection;
 }
 
 // ---------------------------------------------------------------- creator

@@ -6,6 +6,7 @@
 #include "NvInferRuntime.h"
 
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace trtq
@@ -35,9 +36,21 @@ public:
     {
         return clone();
     }
+    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override { return &mFieldCollection; }
+
+protected:
+    //! The attributes serialized into the engine: fields pointing at the derived plugin's own members.
+    void setFields(std::vector<nvinfer1::PluginField> fields) noexcept
+    {
+        mFields = std::move(fields);
+        mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
+        mFieldCollection.fields = mFields.data();
+    }
 
 private:
     char const* mName;
+    std::vector<nvinfer1::PluginField> mFields;
+    nvinfer1::PluginFieldCollection mFieldCollection{};
 };
 
 //! Wc [N, K] (float or half) from int32 code words [N, W], a float16 codebook [R, 2^bits] (R = 1 or N)
@@ -61,8 +74,6 @@ public:
         nvinfer1::PluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
     int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
         void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
-
     //! Empty when the shapes match the attributes, else what is wrong.
     std::string checkShapes(nvinfer1::Dims const& codes, nvinfer1::Dims const& codebook,
         nvinfer1::Dims const& scales) const;
@@ -76,8 +87,6 @@ private:
     int32_t mOutDtype; // ONNX TensorProto type of the output: 1 FLOAT, 10 FLOAT16
     int32_t mRows{0};
     int32_t mCodebookStride{0};
-    std::vector<nvinfer1::PluginField> mFields;
-    nvinfer1::PluginFieldCollection mFieldCollection{};
 };
 
 //! x_hat = s * 2^(-step * max(q, 0)) - shift, q = round(-log2((x + shift) / s) / step), zero code 2^bits - 1.
@@ -100,7 +109,6 @@ public:
         nvinfer1::PluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
     int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
         void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
 private:
     int32_t mBits;
@@ -110,8 +118,6 @@ private:
     float mK1; // -1 / (step ln 2), rounded to float as the reference rounds it
     float mK0; // ln(scale) / (step ln 2)
     float mK2; // -step ln 2
-    std::vector<nvinfer1::PluginField> mFields;
-    nvinfer1::PluginFieldCollection mFieldCollection{};
 };
 
 //! Creator of one plugin type: parses the node's attributes (INT32/INT64, FLOAT32/FLOAT64 fields).
