@@ -151,7 +151,7 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
     if cfg.plugins:
         from trtq.plugins.trt_face import to_plugin_face
 
-        qmodel, swap = to_plugin_face(qmodel)
+        qmodel, swap = to_plugin_face(qmodel, inplace=qmodel is not folded)  # edit only a graph made here
         plugin_report = swap.to_dict()
     if fallback is not None and cfg.fallback_dtype == "fp16":
         qmodel = cast_to_fp16(qmodel, fallback.kept_float)

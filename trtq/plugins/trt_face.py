@@ -105,15 +105,22 @@ def face_specs(model: onnx.ModelProto) -> list[tuple[int, dict[str, Any]]]:
     return found
 
 
-def to_plugin_face(model: onnx.ModelProto) -> tuple[onnx.ModelProto, FaceSwap]:
-    """A copy of `model` with every ONNX face replaced by its TensorRT plugin node (see module doc).
+def to_plugin_face(model: onnx.ModelProto, *, inplace: bool = False) -> tuple[onnx.ModelProto, FaceSwap]:
+    """`model` with every ONNX face replaced by its TensorRT plugin node (see module doc).
+
+    Args:
+        model: a graph with ONNX faces (`trtq quantize` with a codebook weight format or --act-quant).
+        inplace: edit `model` itself instead of a copy (saves a copy of the weights on large models).
 
     Raises:
         TrtqError: a face spec names a tensor the graph lacks, or a codebook face's codes are not a
             uint8 initializer.
     """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    if inplace:
+        out = model
+    else:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
     graph = out.graph
     specs = face_specs(out)
     swap = FaceSwap()
