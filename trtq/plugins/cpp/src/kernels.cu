@@ -1,5 +1,5 @@
-// CUDA kernels of trtq's TensorRT plugins. Built with -fmad=false and explicit _rn intrinsics so that each
-// multiply and add rounds as the numpy reference (trtq/plugins/reference.py) rounds it.
+// CUDA kernels of trtq's TensorRT plugins; the per-element math is quant_math.h (also checked on the CPU).
+// Built with -fmad=false: each multiply and add rounds as the numpy reference (trtq/plugins/reference.py) does.
 #include "kernels.h"
 
 namespace trtq
@@ -55,16 +55,8 @@ __global__ void codebookDequantizeKernel(int32_t const* __restrict__ words, __ha
     int32_t const rowWords = packedRowWords(k, BITS);
     int32_t const nGroups = (k + groupSize - 1) / groupSize;
     uint32_t const* rowBits = reinterpret_cast<uint32_t const*>(words) + static_cast<int64_t>(row) * rowWords;
-    int32_t const bit = col * BITS;
-    uint32_t const offset = bit % 32;
-    uint32_t code = rowBits[bit / 32] >> offset;
-    if (BITS == 3 && offset > 29) // a 3-bit code starting at bit 30 or 31 continues in the next word
-    {
-        code |= rowBits[bit / 32 + 1] << (32 - offset);
-    }
-    code &= kLevels - 1;
     float const scale = __half2float(scales[static_cast<int64_t>(row) * nGroups + col / groupSize]);
-    out[static_cast<int64_t>(row) * k + col] = fromFloat<T>(__fmul_rn(levels[code], scale));
+    out[static_cast<int64_t>(row) * k + col] = fromFloat<T>(codebookValue(rowBits, levels, col, BITS, scale));
 }
 
 template <typename T>
@@ -76,10 +68,7 @@ __global__ void logFakeQuantizeKernel(T const* __restrict__ x, int64_t count, fl
     {
         return;
     }
-    float const v = fmaxf(__fadd_rn(toFloat(x[i]), shift), 0.0F);
-    float const q = rintf(__fadd_rn(__fmul_rn(logf(v), k1), k0)); // v = 0: +inf, the zero code
-    float const value = q < levels ? __fmul_rn(scale, expf(__fmul_rn(fmaxf(q, 0.0F), k2))) : 0.0F;
-    y[i] = fromFloat<T>(__fsub_rn(value, shift));
+    y[i] = fromFloat<T>(logFakeQuantizeValue(toFloat(x[i]), scale, shift, k1, k0, k2, levels));
 }
 
 } // namespace

@@ -2,15 +2,11 @@
 // Storage and math: trtq/plugins/__init__.py (format) and trtq/plugins/trt_face.py (int32 code words).
 #pragma once
 
+#include "quant_math.h"
+
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 #include <cstdint>
-
-#if defined(__CUDACC__)
-#define TRTQ_HOST_DEVICE __host__ __device__
-#else
-#define TRTQ_HOST_DEVICE
-#endif
 
 namespace trtq
 {
@@ -26,11 +22,5 @@ cudaError_t launchCodebookDequantize(int32_t const* words, __half const* codeboo
 template <typename T>
 cudaError_t launchLogFakeQuantize(T const* x, int64_t count, float scale, float shift, float k1, float k0,
     float k2, float levels, T* y, cudaStream_t stream);
-
-//! Int32 words per packed row: bits * ceil(k / 8) bytes rounded up to whole words.
-TRTQ_HOST_DEVICE inline int32_t packedRowWords(int32_t k, int32_t bits)
-{
-    return (bits * ((k + 7) / 8) + 3) / 4;
-}
 
 } // namespace trtq
