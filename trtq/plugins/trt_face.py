@@ -8,8 +8,9 @@ by the scales; or Log/Round/Exp) whose last node carries, in its ``doc_string``,
     ONNX face     codes(uint8) ─ unpack ─ Gather(codebook) ─ Mul(scales) ─ ... ─▶ Wc ─ Transpose ─ MatMul
     plugin face   codes(int32 words), codebook, scales ─ trtq::CodebookDequantize ─▶ Wc ─ Transpose ─ MatMul
 
-The subgraph removed is every node reached backwards from the face's output that stops at the face's
-inputs, provided its outputs are read only inside the subgraph (a node read from elsewhere stays).
+The subgraph removed is every ONNX-face node (named ``trtq_codebook/...`` or ``trtq_logquant/...``) reached
+backwards from the face's output, stopping at the face's inputs, provided its outputs are read only inside
+the subgraph (a node read from elsewhere stays).
 Initializers only the removed nodes read are dropped; the ``trtq`` domain is added to the opset
 imports and the plugin node's output gets its type and shape (``[N, K]``; the activation's own shape
 for ``LogFakeQuantize``), so shape inference goes on past it.
@@ -56,6 +57,7 @@ PLUGIN_VERSION = "1"
 CODEBOOK_OP = "CodebookDequantize"
 LOG_OP = "LogFakeQuantize"
 _WORDS_SUFFIX = ".words"
+_FACE_PREFIXES = ("trtq_codebook/", "trtq_logquant/")  # names of ONNX-face nodes (trtq.plugins.onnx_face)
 
 
 @dataclass
@@ -179,7 +181,8 @@ def _face_nodes(graph: onnx.GraphProto, spec: dict[str, Any], producer: dict[str
             continue
         face.add(i)
         for name in graph.node[i].input:
-            if name and name not in stop and name in producer:
+            if name and name not in stop and name in producer and graph.node[producer[name]].name.startswith(
+                    _FACE_PREFIXES):  # never a node of the model itself
                 todo.append(producer[name])
     # keep any node whose result is also read outside the face (or is a graph output), and what feeds it
     changed = True
