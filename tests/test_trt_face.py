@@ -49,6 +49,7 @@ def test_plugin_face_replaces_each_face_by_one_node(attention_faces) -> None:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert attrs["plugin_namespace"] == b"trtq" and attrs["plugin_version"] == b"1"
     assert report["plugins"]["plugin_nodes"] == 5
+    assert report["fidelity"]["samples"] > 0 and report["fidelity"]["outputs"]  # measured on the ONNX face
     onnx.checker.check_model(plugin_face)
     produced = {o for n in plugin_face.graph.node for o in n.output}
     known = produced | {i.name for i in plugin_face.graph.initializer} | {i.name for i in plugin_face.graph.input}

@@ -118,7 +118,7 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
         # one pass over the data serves the ranges, INT4's importance and the fallback's samples
         power = _importance_reducer(folded, plan, cfg.int4_method) if codebook_plan is None else None
         replay = FirstSamples(cfg.fallback_samples) if _wants_fallback(cfg) and codebook_plan is None else None
-        hashes = SmallestHashes() if not cfg.plugins else None  # the post-quantization fidelity samples
+        hashes = SmallestHashes()  # the post-quantization fidelity samples (the ONNX face, under --plugins)
         calib_report, amax = _calibrate(folded, plan, batches, cfg, progress,
                                         also=[r for r in (power, replay, hashes) if r is not None])
         fallback = None
@@ -147,10 +147,12 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
 
         qmodel = insert_faces(qmodel, codebooks, log_acts)
         tensors.update(log_report)
-    plugin_report = None
+    plugin_report = fidelity = None
     if cfg.plugins:
         from trtq.plugins.trt_face import to_plugin_face
 
+        if fidelity_samples:  # ONNX Runtime runs only the ONNX face, which computes the plugin graph's numbers
+            fidelity = fidelity_check(folded, qmodel, fidelity_samples)
         qmodel, swap = to_plugin_face(qmodel, inplace=qmodel is not folded)  # edit only a graph made here
         plugin_report = swap.to_dict()
     if fallback is not None and cfg.fallback_dtype == "fp16":
@@ -162,7 +164,7 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
     report["folded_weight_subgraphs"] = folded_weights
     report["passes"] = pass_reports
     if fidelity_samples:
-        report["fidelity"] = fidelity_check(folded, qmodel, fidelity_samples)
+        report["fidelity"] = fidelity or fidelity_check(folded, qmodel, fidelity_samples)
     if plugin_report is not None:
         report["plugins"] = plugin_report
     if fallback is not None:
