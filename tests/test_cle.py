@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 import graphs
+from helpers import initializers
 import numpy as np
 import onnx
 import pytest
@@ -106,10 +107,6 @@ def _assert_exact(before: onnx.ModelProto, after: onnx.ModelProto, scale: float 
         assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
-def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-
-
 def _ops(model: onnx.ModelProto) -> list[str]:
     return [n.op_type for n in model.graph.node]
 
@@ -148,7 +145,7 @@ def test_cle_is_exact_and_equalizes(case: str) -> None:
 def test_three_layer_chain_reaches_the_geometric_mean() -> None:
     """pw → dw → pw: every channel's three ranges end equal to (r1·r2·r3)^(1/3) (DFQ's depthwise case)."""
     model = pointwise_depthwise_pointwise()
-    before, after = _initializers(model), _initializers(cross_layer_equalization(model, PassContext()).model)
+    before, after = initializers(model), initializers(cross_layer_equalization(model, PassContext()).model)
 
     def ranges(w: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return (np.abs(w["w1"]).max(axis=(1, 2, 3)), np.abs(w["wd"]).max(axis=(1, 2, 3)),
@@ -166,7 +163,7 @@ def test_relu6_becomes_relu_and_per_channel_min() -> None:
     result = cross_layer_equalization(model, PassContext())
     assert _ops(result.model) == ["Conv", "Relu", "Min", "Conv"]
     assert result.report["pairs"][0]["relu6_rescaled"] and result.report["relu6"].startswith("rescaled")
-    bound = next(v for k, v in _initializers(result.model).items() if k.endswith("cle_bound"))
+    bound = next(v for k, v in initializers(result.model).items() if k.endswith("cle_bound"))
     scales = np.array(result.report["pairs"][0]["scales"]["values"])
     np.testing.assert_allclose(bound.ravel(), 6.0 / scales, rtol=1e-6)
     assert bound.shape == (8, 1, 1)

@@ -23,10 +23,6 @@ def _nodes(model: onnx.ModelProto, op: str) -> list[onnx.NodeProto]:
     return [n for n in model.graph.node if n.op_type == op]
 
 
-def _inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-
-
 @pytest.mark.parametrize("method", ["minmax", "percentile", "entropy", "mse"])
 def test_int8_conv_block(conv_model, conv_calib, tmp_path, method):
     out = tmp_path / "q.onnx"
@@ -35,7 +31,7 @@ def test_int8_conv_block(conv_model, conv_calib, tmp_path, method):
     onnx.checker.check_model(model, full_check=True)
     feeds = graphs.conv_data(16, seed=9)
     assert helpers.sqnr_db(helpers.run(graphs.conv_block(), feeds), helpers.run(model, feeds)) > 25
-    inits = _inits(model)
+    inits = helpers.initializers(model)
     for q in _nodes(model, "QuantizeLinear"):  # symmetric per-tensor activations, scale = amax / 127
         assert inits[q.input[2]].dtype == np.int8 and inits[q.input[2]] == 0 and inits[q.input[1]].shape == ()
         tensor = result.report["tensors"][q.input[0]]
@@ -66,7 +62,7 @@ def test_fp8(attention_model, attention_calib, tmp_path):
                   progress=False)
     model = onnx.load(str(tmp_path / "q.onnx"))
     assert model.opset_import[0].version >= 19
-    inits = _inits(model)
+    inits = helpers.initializers(model)
     for q in _nodes(model, "QuantizeLinear"):
         assert inits[q.input[2]].dtype == ml_dtypes.float8_e4m3fn
         assert inits[q.input[1]] > 0
@@ -98,7 +94,7 @@ def test_int4_weight_only_blockwise(attention_model, tmp_path):
     dq = _nodes(model, "DequantizeLinear")[0]
     attrs = {a.name: a.i for a in dq.attribute}
     assert attrs == {"axis": 0, "block_size": 32}
-    inits = _inits(model)
+    inits = helpers.initializers(model)
     assert inits[dq.input[1]].shape == (4, 128)
     # ONNX Runtime's dequantization equals trtq's own numbers
     q = inits[dq.input[0]].astype(np.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import graphs
+from helpers import assert_same_outputs, initializers
 import numpy as np
 import onnx
 import pytest
@@ -208,15 +209,7 @@ def _feeds(model: onnx.ModelProto, seed: int = 1) -> dict[str, np.ndarray]:
 
 
 def _assert_same_outputs(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
-    feeds = _feeds(before)
-    wants, gots = (make_session(m).run(None, feeds) for m in (before, after))
-    for want, got in zip(wants, gots, strict=True):
-        assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-5
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
-
-
-def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert_same_outputs(before, after, _feeds(before), rtol=1e-4, max_relative_norm=1e-5)
 
 
 def _ops(model: onnx.ModelProto) -> list[str]:
@@ -237,7 +230,7 @@ def test_value_output_fold_is_exact_and_per_head():
     assert (entry["value"], entry["output"]) == ("l0.v_proj", "l0.o_proj")
     assert (entry["heads"], entry["head_dim"]) == (HEADS, HEAD_DIM)
     assert entry["rotation"] == "hadamard" and len(entry["signs"]) == HEADS * HEAD_DIM // 4
-    before, after = _weights(model), _weights(result.model)
+    before, after = initializers(model), initializers(result.model)
     for name in ("l0.v_proj.w", "l0.v_proj.b", "l0.o_proj.w"):
         assert not np.allclose(before[name], after[name])
     # one orthogonal block per head: each head's columns of Wv keep their row norms
@@ -271,7 +264,7 @@ def test_same_seed_same_graph_other_seed_other_signs():
     model = post_ln_layer()
     a, b, c = (rotate_online(model, _ctx(seed)).model for seed in (3, 3, 4))
     assert a.SerializeToString() == b.SerializeToString()
-    assert not np.array_equal(_weights(a)["l0.v_proj.w"], _weights(c)["l0.v_proj.w"])
+    assert not np.array_equal(initializers(a)["l0.v_proj.w"], initializers(c)["l0.v_proj.w"])
 
 
 # --- online Hadamard before the FFN down projection ------------------------------------------------------
@@ -339,7 +332,7 @@ def test_rmsnorm_prenorm_residual_stream_fold_is_exact(as_op):
     assert sorted(stream["writers"]) == ["down_proj", "embedding", "l0.o_proj"]
     assert sorted(stream["readers"]) == ["l0.k_proj", "l0.q_proj", "l0.v_proj", "lm_head", "up_proj"]
     assert len(result.report["value_output"]) == 1
-    before, after = _weights(model), _weights(result.model)
+    before, after = initializers(model), initializers(result.model)
     # E' = E·Q: every embedding row keeps its norm, but the rows change
     norms = [np.linalg.norm(w["embed"], axis=1) for w in (before, after)]
     np.testing.assert_allclose(norms[1], norms[0], rtol=1e-5)
