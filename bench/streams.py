@@ -5,8 +5,10 @@ and the sha256 of what it writes.
 
 Each case is one `trtq.quantize` in its own process (so its peak RSS is its own), on bench/run.py's
 FP32 graphs and calibration .npz (exported and written here when missing). A *stream* is one
-iteration over the calibration `BatchStream` (each one runs a graph over every batch); *sessions*
-counts the ONNX Runtime sessions built and *runs* their `run` calls. The sha256 of the quantized
+iteration over the calibration `BatchStream` (each one reads every batch, and runs a graph over it
+when a statistic needs one); *other_streams* counts iterations of other streams (selection candidates,
+the fidelity check's few samples); *sessions* counts the ONNX Runtime sessions built and *runs* their
+`run` calls. The sha256 of the quantized
 graph and of its sidecar show whether a refactoring changed any output byte.
 
 Cases: `<model>-<variant>` with the bench's variants (`default`, `fallback` = default passes plus
@@ -61,11 +63,11 @@ def one(case: str, out: Path) -> dict:
     import trtq
     from trtq.calibrators import data as cdata
 
-    counts = {"streams": 0, "sessions": 0, "runs": 0}
+    counts = {"streams": 0, "other_streams": 0, "sessions": 0, "runs": 0}
     iterate = cdata.BatchStream.__iter__
 
     def counted_iter(self):
-        counts["streams"] += 1
+        counts["streams" if self._what == "calibration" else "other_streams"] += 1
         yield from iterate(self)
 
     cdata.BatchStream.__iter__ = counted_iter
