@@ -33,6 +33,7 @@ from tensorrt.plugin._lib import QDP_REGISTRY
 from triton.backends.compiler import GPUTarget
 
 trt_plugin.TARGET = GPUTarget("cuda", 87, 32)
+trt_plugin.PTX_VERSION = 85  # PTX a CUDA 12.5+ driver JITs
 out["ids"] = trt_plugin.register(lazy=True)
 for pid in out["ids"]:
     d = QDP_REGISTRY[pid]
@@ -47,7 +48,7 @@ for out_dtype, bits in ((10, 3), (1, 4)):
     y = trt_plugin._codebook_desc(codes, book, scales, bits, 64, 100, out_dtype)
     name, ptx, launch, extra = trt_plugin._codebook_aot(codes, book, scales, bits, 64, 100, out_dtype, (y,), 0)
     out[f"codebook{bits}"] = {"dtype": str(y.dtype), "rank": len(y.shape_expr), "kernel": name,
-                              "sm87": ".target sm_87" in ptx, "extra": len(extra)}
+                              "sm87": ".target sm_87" in ptx, "extra": len(extra), "ptx85": ".version 8.5" in ptx}
 x = fake(3, trt.float16)
 y = trt_plugin._log_desc(x, 4, 1.0, 0.5, 0.0)
 name, ptx, launch, extra = trt_plugin._log_aot(x, 4, 1.0, 0.5, 0.0, (y,), 0)
@@ -90,6 +91,7 @@ def test_plugin_definitions_pass_tensorrt_plugin_validation(tensorrt_api) -> Non
     for key in ("codebook3", "codebook4"):
         assert got[key]["rank"] == 2 and got[key]["kernel"] == "codebook_dequant_kernel" and got[key]["sm87"]
         assert got[key]["extra"] == 2  # rows and codebook stride, between the inputs and the output
+        assert got[key]["ptx85"]
     assert got["log"] == {"dtype": "DataType.HALF", "kernel": "log_fake_quant_kernel", "sm87": True, "extra": 1}
 
 

@@ -43,7 +43,7 @@ except ImportError as exc:  # tensorrt absent, or 10.3 (no tensorrt.plugin)
 from trtq.plugins import triton_kernels as _kernels
 from trtq.plugins.trt_face import CODEBOOK_OP, DOMAIN, LOG_OP
 
-__all__ = ["PLUGIN_IDS", "TARGET", "register"]
+__all__ = ["PLUGIN_IDS", "PTX_VERSION", "TARGET", "register"]
 
 PLUGIN_IDS = (f"{DOMAIN}::{CODEBOOK_OP}", f"{DOMAIN}::{LOG_OP}")
 _FLOAT16 = 10  # ONNX TensorProto.FLOAT16, the out_dtype attribute's value for a float16 output
@@ -54,6 +54,9 @@ _registered: list[str] = []
 # The GPU Triton compiles the AOT kernels for: None = this process's GPU, the one the engine build runs on
 # (a `triton.backends.compiler.GPUTarget` compiles for another, e.g. in tests without a GPU).
 TARGET: Any = None
+# PTX ISA version of the AOT kernels (None: the newest Triton's ptxas knows). The driver that runs the engine
+# JITs only PTX as new as its CUDA: e.g. 85 for a CUDA 12.5 driver (a newer Triton emits 8.8 and up).
+PTX_VERSION: int | None = None
 
 
 def _dtype_name(dtype: "trt.DataType") -> str:
@@ -71,7 +74,8 @@ def _codebook_aot(codes: trtp.TensorDesc, codebook: trtp.TensorDesc, scales: trt
                   group_size: int, k: int, out_dtype: int, outputs: tuple[trtp.TensorDesc],
                   tactic: int) -> _AotResult:
     """PTX of the dequantize kernel for this (bits, group_size, k, output type); grid over [N, k]."""
-    kernel = _kernels.compile_ptx("dequant", target=TARGET, out_dtype=_dtype_name(outputs[0].dtype),
+    kernel = _kernels.compile_ptx("dequant", target=TARGET, ptx_version=PTX_VERSION,
+                                  out_dtype=_dtype_name(outputs[0].dtype),
                                   BITS=bits, GROUP=group_size, K=k)
     rows = scales.shape_expr[0]
     block_n, block_k = _kernels.DEQUANT_BLOCK
@@ -95,7 +99,8 @@ def _log_aot(x: trtp.TensorDesc, bits: int, scale: float, step: float, shift: fl
              outputs: tuple[trtp.TensorDesc], tactic: int) -> _AotResult:
     """PTX of the log fake-quantize kernel with this tensor's constants; one program per LOG_BLOCK."""
     k1, k0, k2 = _kernels.log_constants(scale, step)
-    kernel = _kernels.compile_ptx("log", target=TARGET, out_dtype=_dtype_name(x.dtype), SCALE=scale,
+    kernel = _kernels.compile_ptx("log", target=TARGET, ptx_version=PTX_VERSION, out_dtype=_dtype_name(x.dtype),
+                                  SCALE=scale,
                                   SHIFT=shift, K1=k1, K0=k0, K2=k2, LEVELS=float((1 << bits) - 1))
     count = x.shape_expr.numel()
     launch = trtp.KernelLaunchParams()
