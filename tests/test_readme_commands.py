@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper
 from PIL import Image
 
 import graphs
@@ -42,17 +43,54 @@ def readme_commands() -> list[str]:
 
 
 def _expand(line: str) -> list[list[str]]:
-    """`[--json]`: the line with and without the optional flag."""
-    words = shlex.split(line, comments=True)
-    optional = [w for w in words if w.startswith("[") and w.endswith("]")]
-    plain = [w for w in words if w not in optional]
-    return [plain] + [plain + [w[1:-1] for w in optional]] if optional else [plain]
+    """Optional parts in brackets (`[--json]`, `[--act-quant-bits 4]`): the line without them, and with all."""
+    plain: list[str] = []
+    optional: list[str] = []
+    group: list[str] | None = None
+    for word in shlex.split(line, comments=True):
+        if group is None and word.startswith("["):
+            group = []
+            word = word[1:]
+        if group is None:
+            plain.append(word)
+            continue
+        closed = word.endswith("]")
+        group.append(word[:-1] if closed else word)
+        if closed:
+            optional += group
+            group = None
+    return [plain, plain + optional] if optional else [plain]
 
 
-def _workspace(root: Path) -> None:
-    """The files the README's commands read, tiny: a classifier of any image size and its data."""
-    onnx.save(graphs.pooled_classifier(), str(root / "model.onnx"))
+def _two_softmax_attention() -> onnx.ModelProto:
+    """input [batch, 8, 128] -> two self-attention products whose probabilities are `probs_0`, `probs_1`
+    (the tensors the README's --act-quant line names) -> sum -> MatMul."""
     rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Transpose", ["input"], ["xt"], perm=[0, 2, 1])]
+    for i in range(2):
+        nodes += [helper.make_node("MatMul", ["input", "xt"], [f"s{i}"]),
+                  helper.make_node("Mul", [f"s{i}", f"c{i}"], [f"z{i}"]),
+                  helper.make_node("Softmax", [f"z{i}"], [f"probs_{i}"], axis=-1),
+                  helper.make_node("MatMul", [f"probs_{i}", "input"], [f"a{i}"])]
+    nodes += [helper.make_node("Add", ["a0", "a1"], ["a"]), helper.make_node("MatMul", ["a", "w"], ["logits"])]
+    inits = [graphs.init("c0", np.array(0.05)), graphs.init("c1", np.array(0.02)),
+             graphs.init("w", rng.standard_normal((128, 10)) * 0.1)]
+    graph = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                                  ["batch", 8, 128])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 8, 10])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _workspace(root: Path, attention: bool = False) -> None:
+    """The files the README's commands read, tiny: a classifier of any image size and its data, or (for the
+    --act-quant lines, which name attention tensors) a two-softmax attention graph and its data."""
+    rng = np.random.default_rng(0)
+    root.mkdir(exist_ok=True)
+    if attention:
+        onnx.save(_two_softmax_attention(), str(root / "model.onnx"))
+        np.savez(root / "calib.npz", input=rng.standard_normal((8, 8, 128)).astype(np.float32))
+        return
+    onnx.save(graphs.pooled_classifier(), str(root / "model.onnx"))
     np.savez(root / "calib.npz", input=rng.standard_normal((8, 3, 16, 16)).astype(np.float32))
     np.savez(root / "eval.npz", input=rng.standard_normal((4, 3, 16, 16)).astype(np.float32))
     (root / "images").mkdir()
@@ -70,12 +108,13 @@ def test_readme_shows_commands_this_test_can_read():
 
 def test_every_readme_command_runs(tmp_path, monkeypatch, capsys):
     _workspace(tmp_path)
-    monkeypatch.chdir(tmp_path)
+    _workspace(tmp_path / "attention", attention=True)
     has_tensorrt = importlib.util.find_spec("tensorrt") is not None
     ran = 0
     for line in readme_commands():
         if not line.startswith("trtq "):
             continue
+        monkeypatch.chdir(tmp_path / "attention" if "--act-quant" in line else tmp_path)
         for words in _expand(line):
             try:
                 status = main(words[1:])
