@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from trtq.evaluate import CompareReport, compare
     from trtq.exporter.check import CheckReport, check
     from trtq.exporter.torch_export import export
+    from trtq.inspection import InspectReport, inspect
     from trtq.pipeline import QuantizeResult, calibrate, quantize
+    from trtq.reporting import report
 
 __all__ = [
     # verbs
@@ -27,6 +29,8 @@ __all__ = [
     "quantize",
     "check",
     "compare",
+    "report",
+    "inspect",
     "build",
     # configuration
     "BuildConfig",
@@ -37,6 +41,7 @@ __all__ = [
     "BuildResult",
     "CheckReport",
     "CompareReport",
+    "InspectReport",
     "QuantizeResult",
     "TrtqError",
     "__version__",
@@ -51,6 +56,9 @@ _LAZY = {
     "CheckReport": "trtq.exporter.check",
     "compare": "trtq.evaluate",
     "CompareReport": "trtq.evaluate",
+    "report": "trtq.reporting",
+    "inspect": "trtq.inspection",
+    "InspectReport": "trtq.inspection",
     "build": "trtq.engine",
     "BuildConfig": "trtq.engine",
     "BuildResult": "trtq.engine",

@@ -95,6 +95,8 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
                    "(default fp32)")
     _add_device_arg(p)
     p.add_argument("--no-check", action="store_true", help="write the output even if `trtq check` finds errors")
+    p.add_argument("--report", metavar="HTML", help="also write the HTML report of the output (trtq report), its "
+                   "per-layer numbers measured on up to 32 calibration samples")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_quantize)
 
@@ -307,8 +309,10 @@ def _run_quantize(args: argparse.Namespace) -> int:
     from trtq._io import check_output
     from trtq.pipeline import quantize
 
-    check_output(args.output, {args.model: "model", args.calib_data: "calibration data",
-                               args.preprocess: "preprocessing file"})
+    inputs = {args.model: "model", args.calib_data: "calibration data", args.preprocess: "preprocessing file"}
+    check_output(args.output, inputs)
+    if args.report:
+        check_output(args.report, {**inputs, args.output: "output model"})
     config = QuantConfig(
         precision=args.precision,
         calib=CalibConfig(method=args.calib_method, percentile=args.percentile, num_bins=args.num_bins,
@@ -356,6 +360,71 @@ def _run_quantize(args: argparse.Namespace) -> int:
     if check:
         print("check: " + ", ".join(f"{n} {k}" for k, n in check["counts"].items()))
     print(f"report: {result.report_path}")
+    if args.report:
+        from trtq.reporting import report
+
+        page = report(result.path, args.report, data=None if calib is None else calib, reference=args.model,
+                      max_samples=REPORT_CALIB_SAMPLES, data_label="calibration data", device=args.device,
+                      progress=not args.quiet)
+        print(f"html report: {page}")
+    return 0
+
+
+REPORT_CALIB_SAMPLES = 32
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML page about a quantized model: per-layer SQNR, "
+                       "ranges, passes, fallback, precision shares, robustness, check per target, versions")
+    p.add_argument("model", help="the .onnx trtq quantize wrote (its .trtq.json beside it)")
+    p.add_argument("-o", "--output", required=True, help="the .html to write")
+    p.add_argument("--data", help="evaluation data: .npz keyed by input name, or a folder of images (with "
+                   "--preprocess or --image-size); without it, the sidecar's numbers only")
+    p.add_argument("--reference", metavar="FP32.onnx", help="the FP32 model (default: the input the sidecar names)")
+    p.add_argument("--top", type=int, default=40, help="SQNR bars shown: the N worst quantized tensors (default 40)")
+    p.add_argument("--histograms", type=int, default=9, metavar="N",
+                   help="histograms of the N worst activations (default 9)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-samples", type=int)
+    _add_image_args(p)
+    _add_degrade_args(p, calibration=False)
+    _add_device_arg(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from trtq._io import check_output, sidecar_path
+    from trtq.reporting import report
+
+    check_output(args.output, {args.model: "model", str(sidecar_path(args.model)): "sidecar",
+                               args.data: "evaluation data", args.reference: "reference model"})
+    data = _data_source(args.data, args, args.seed, mix=False)
+    degrade = tuple(n.strip() for n in args.degrade.split(",") if n.strip()) if args.degrade else ()
+    page = report(args.model, args.output, data=data, reference=args.reference, top=args.top,
+                  histograms=args.histograms, batch_size=args.batch_size, max_samples=args.max_samples,
+                  degrade=degrade, degrade_levels=args.degrade_levels or "mild", seed=args.seed,
+                  data_label=args.data, device=args.device, progress=not args.quiet)
+    print(f"wrote {page}")
+    return 0
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="what an ONNX graph holds: ops, quantized tensors, Q/DQ placement, MACs and "
+                       "weight bytes per precision")
+    p.add_argument("model", help=".onnx file")
+    p.add_argument("--data", help=".npz whose first sample sets the input shapes of the MAC count (default: "
+                   "dynamic dimensions 1)")
+    p.add_argument("--top", type=int, default=40, help="rows per table in the text output (default 40)")
+    p.add_argument("--json", action="store_true", help="print everything as JSON")
+    p.set_defaults(func=_run_inspect)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from trtq.inspection import inspect, sample_of
+
+    result = inspect(args.model, sample_of(args.data) if args.data else None)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.format(top=args.top))
     return 0
 
 
@@ -530,7 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trtq", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what each step does")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_quantize, _add_check, _add_compare, _add_build, _add_run, _add_calib_cache, _add_demo):
+    for add in (_add_quantize, _add_check, _add_compare, _add_report, _add_inspect, _add_build, _add_run,
+                _add_calib_cache, _add_demo):
         add(sub)
     return parser
 

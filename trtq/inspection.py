@@ -23,7 +23,7 @@ import onnx
 from trtq._io import load_model
 from trtq.precision import WEIGHTED_OPS
 
-__all__ = ["InspectReport", "QuantizedTensor", "WeightedOp", "inspect"]
+__all__ = ["InspectReport", "QuantizedTensor", "WeightedOp", "inspect", "sample_of"]
 
 # the check's placement rules: where Q/DQ sit relative to the fusions TensorRT looks for
 PLACEMENT_RULES = ("partial-quant", "output-quantized", "residual-input", "mha-softmax-qdq", "mha-int8-placement")
@@ -101,8 +101,8 @@ class InspectReport:
 
     def format(self, top: int = 40) -> str:
         """Plain-text tables: op counts, precision shares, quantized tensors, weighted ops, placement findings."""
-        lines = [f"trtq inspect: {self.model or '<model>'} (opset {self.opset}, "
-                 f"{sum(self.op_counts.values())} nodes)"]
+        lines = [(f"trtq inspect: {self.model or '<model>'} (opset {self.opset}, "
+                 f"{sum(self.op_counts.values())} nodes)")]
         lines.append("ops: " + ", ".join(f"{op} {n}" for op, n in self.op_counts.items()))
         macs, wbytes = self.macs_by_precision, self.weight_bytes_by_precision
         total_macs, total_bytes = sum(macs.values()) or 1, sum(wbytes.values()) or 1
@@ -113,8 +113,8 @@ class InspectReport:
         for p in sorted(counts, key=lambda p: -macs.get(p, 0)):
             lines.append(f"  {p:<20} {counts[p]:>5} {macs.get(p, 0):>14,} {macs.get(p, 0) / total_macs:>7.1%} "
                          f"{wbytes.get(p, 0):>14,} {wbytes.get(p, 0) / total_bytes:>7.1%}")
-        lines += ["", f"quantized tensors: {len(self.tensors)} "
-                  f"({sum(t.kind == 'activation' for t in self.tensors)} activations)",
+        lines += ["", (f"quantized tensors: {len(self.tensors)} "
+                  f"({sum(t.kind == 'activation' for t in self.tensors)} activations)"),
                   f"  {'tensor':<40} {'kind':<10} {'type':<8} {'granularity':<11} {'scales':>6} scale range"]
         for t in self.tensors[:top]:
             rng = "" if t.scale_min is None else f"{t.scale_min:.3g} .. {t.scale_max:.3g}"
@@ -164,6 +164,18 @@ def inspect(model: onnx.ModelProto | str | os.PathLike[str],
                          placement_findings=findings)
 
 
+def sample_of(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """The first sample of an .npz (one array per input, first axis = sample), for the MAC count's shapes."""
+    from trtq.errors import TrtqError
+
+    try:
+        with np.load(path) as npz:
+            return {k: npz[k][:1] for k in npz.files}
+    except (OSError, ValueError) as exc:
+        raise TrtqError(f"{path}: cannot read it as .npz ({exc}).",
+                        "pass an .npz of arrays keyed by input name (numpy.savez), or drop --data.") from exc
+
+
 def _zeros(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     from trtq.calibrators.data import model_inputs
 
@@ -171,8 +183,8 @@ def _zeros(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 def _macs(model: onnx.ModelProto, sample: dict[str, np.ndarray]) -> dict[str, int | None]:
-    from trtq.exporter.macs import count_macs
     from trtq.errors import TrtqError
+    from trtq.exporter.macs import count_macs
 
     try:
         return count_macs(model, sample)

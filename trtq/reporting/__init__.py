@@ -79,8 +79,7 @@ def report(
     label = data_label or (str(data) if isinstance(data, (str, os.PathLike)) else "the data given")
     from trtq.inspection import inspect
 
-    shape = _sample(side, data)
-    inspected = inspect(cand, shape)
+    inspected = inspect(cand, _sample(data))
     sections = [
         ("summary", "Summary", _summary(side, measured, label)),
         ("layers", "Per-layer SQNR", _layers(side, measured, top)),
@@ -131,14 +130,11 @@ def _reference(side: dict[str, Any], reference: Any) -> onnx.ModelProto:
     return load_model(path)
 
 
-def _sample(side: dict[str, Any], data: Any) -> dict[str, Any] | None:
+def _sample(data: Any) -> dict[str, Any] | None:
     """No sample: `inspect` uses zeros with dynamic dims 1; with .npz data, its first sample's shapes."""
-    if isinstance(data, (str, os.PathLike)) and str(data).endswith(".npz"):
-        import numpy as np
+    from trtq.inspection import sample_of
 
-        with np.load(data) as npz:
-            return {k: npz[k][:1] for k in npz.files}
-    return None
+    return sample_of(data) if isinstance(data, (str, os.PathLike)) and str(data).endswith(".npz") else None
 
 
 def _measure(model: Any, cand: onnx.ModelProto, side: dict[str, Any], data: Any, reference: Any, *, top: int,
@@ -184,7 +180,7 @@ def _summary(side: dict[str, Any], measured: dict[str, Any], label: str) -> str:
             ("residual Adds quantized", s.get("residual_adds_quantized")), ("nodes skipped", s["skipped_nodes"]),
             ("passes run", ", ".join(side.get("passes", {})) or "none"),
             ("input model", (side.get("input") or {}).get("path")),
-            ("target", (cfg.get("target") or {}).get("name") if isinstance(cfg.get("target"), dict) else cfg.get("target"))]
+            ("target", _target_name(cfg.get("target")))]
     body = _matplotlib_note() + page.table(["", ""], rows, cls="summary")
     fid = side.get("fidelity")
     if fid:
@@ -201,6 +197,14 @@ def _summary(side: dict[str, Any], measured: dict[str, Any], label: str) -> str:
                            [(o.name, o.sqnr_db, o.cosine, o.max_abs_error, o.top1_agreement) for o in cmp.outputs],
                            digits=4, cls="outputs")
     return body
+
+
+def _target_name(target: Any) -> str:
+    if not target:
+        return "none given (TensorRT's rules only)"
+    if isinstance(target, dict):
+        return " ".join(str(target[k]) for k in ("name", "trt") if target.get(k))
+    return str(target)
 
 
 def _layers(side: dict[str, Any], measured: dict[str, Any], top: int) -> str:
@@ -357,21 +361,26 @@ def _checks(cand: onnx.ModelProto, side: dict[str, Any]) -> str:
     for t, r in results.items():
         c = r.counts()
         rows.append((t, r.trt, "ok" if r.ok else "refused", c.get("error", 0), c.get("warning", 0), c.get("info", 0)))
-    body = page.note("trtq check of this graph for every target at its default TensorRT version (static: no GPU).")
+    body = page.note("trtq check of this graph for every target at its default TensorRT version (static: no GPU). "
+                     "A finding the same on several targets is listed once with them.")
     body += page.table(["target", "TensorRT", "verdict", "errors", "warnings", "infos"], rows, cls="check")
+    grouped: dict[tuple[str, ...], list[str]] = {}
     for t, r in results.items():
-        if not r.findings:
-            continue
-        rows = [(f.severity, f.rule, f.node, f.message, f.fix) for f in r.findings]
-        body += page.details(f"{t}: {len(r.findings)} finding(s)",
-                             page.table(["severity", "rule", "node", "message", "fix"], rows, cls=f"findings-{t}"))
+        for f in r.findings:
+            grouped.setdefault((f.severity, f.rule, f.node, f.message, f.fix), []).append(t)
+    order = {"error": 0, "warning": 1, "info": 2}
+    findings = sorted(grouped.items(), key=lambda kv: (order.get(kv[0][0], 3), kv[0][1], kv[0][2]))
+    if findings:
+        body += page.table(["severity", "rule", "node", "message", "fix", "targets"],
+                           [(*key, ", ".join(ts) if len(ts) < len(results) else "all") for key, ts in findings[:100]],
+                           cls="findings")
     return body
 
 
 def _versions(side: dict[str, Any]) -> str:
-    from trtq._ort import current_providers
-
     import onnxruntime
+
+    from trtq._ort import current_providers
 
     quantized = side.get("versions", {})
     now = {"trtq": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,

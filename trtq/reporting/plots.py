@@ -83,7 +83,7 @@ def histograms(panels: Sequence[dict[str, Any]]) -> bytes | None:
         for x in (-p["amax"], p["amax"]):
             if edges[0] <= x <= edges[-1]:
                 ax.axvline(x, color=_RED, linestyle="--", linewidth=1.2)
-        ax.set_title(f"{_short(p['tensor'], 34)}\nrange ±{p['amax']:.3g}, clipped {p['clipped_fraction']:.3%}",
+        ax.set_title(f"{_short(p['tensor'], 34)}\nrange ±{p['amax']:.3g}, clipped {100 * p['clipped_fraction']:.2g} %",
                      fontsize=8)
         ax.tick_params(labelsize=7)
     return _png(fig)
