@@ -225,6 +225,8 @@ def _weighted(graph: Any, i: int, macs: int | None) -> WeightedOp:
     x_type = _type_name(graph.qinfo[x_dq].qtype) if x_dq is not None and not graph.qinfo[x_dq].on_constant else None
     w_info = graph.qinfo[w_dq] if w_dq is not None and graph.qinfo[w_dq].on_constant else None
     w_type = _type_name(w_info.qtype) if w_info else None
+    if w_dq is not None and w_info is None:  # two activations (attention's batched MatMuls)
+        w_type = _type_name(graph.qinfo[w_dq].qtype)
     if w_type and x_type:
         precision = w_type if w_type == x_type else f"{x_type}x{w_type}"
     elif w_type:

@@ -27,6 +27,9 @@ from trtq.reporting import page, plots
 
 __all__ = ["report"]
 
+# passes after which a tensor may hold other values than the FP32 model's tensor of the same name
+VALUE_PASSES = ("rotate", "rotate_online", "smoothquant", "repq", "cle")
+
 SECTIONS = ("summary", "layers", "ranges", "passes", "precision", "robustness", "check", "versions")
 
 
@@ -151,10 +154,11 @@ def _measure(model: Any, cand: onnx.ModelProto, side: dict[str, Any], data: Any,
     result: dict[str, Any] = {"compare": compare(ref, cand, data, batch_size=batch_size, max_samples=max_samples,
                                                  device=device)}
     tensors = side["tensors"]
-    worst = [t.name for t in result["compare"].tensors
+    # the quantizers that add the most noise themselves: lowest local SQNR first
+    worst = [t.name for t in sorted(result["compare"].tensors, key=lambda t: t.local_sqnr_db)
              if t.name in tensors and tensors[t.name].get("kind") == "activation" and "amax" in tensors[t.name]]
     chosen = {n: (float(tensors[n]["amax"]), float(tensors[n].get("min", -1.0)) < 0) for n in worst[:histograms]}
-    result["histograms"] = value_histograms(ref, chosen, data, batch_size=batch_size, max_samples=max_samples)
+    result["histograms"] = value_histograms(cand, chosen, data, batch_size=batch_size, max_samples=max_samples)
     if degrade:
         result["robustness"] = compare_degraded(ref, cand, data, degrade, levels=degrade_levels, seed=seed,
                                                 batch_size=batch_size, max_samples=max_samples, progress=progress,
@@ -218,13 +222,22 @@ def _layers(side: dict[str, Any], measured: dict[str, Any], top: int) -> str:
                          "SQNR with a high local one is error inherited from earlier layers.")
         body += page.image(plots.sqnr_bars([t.name for t in shown], [t.sqnr_db for t in shown],
                                            [t.local_sqnr_db for t in shown]), "per-layer SQNR bars")
+        rewriting = [p for p in side.get("passes", {}) if p in VALUE_PASSES]
+        rewritten = {t.name for t in shown if rewriting and t.sqnr_db <= 0.0 < t.local_sqnr_db}
+        if rewritten:
+            body += page.note(f"{len(rewritten)} tensor(s) marked 'rewritten' have SQNR vs FP32 <= 0 dB and a sound "
+                              f"local SQNR: {', '.join(rewriting)} changed the values these tensors hold (a "
+                              "rotation or scaling folded into their neighbours), so they are not comparable with "
+                              "the FP32 model's tensor of that name; their local SQNR holds.", warn=True)
         rows = [(t.name, t.precision, t.sqnr_db, t.local_sqnr_db, tensors.get(t.name, {}).get("amax"),
-                 tensors.get(t.name, {}).get("scale"), ", ".join(t.consumers)) for t in shown]
-        return body + page.table(["tensor", "type", "SQNR dB", "local dB", "amax", "scale", "read by"], rows,
+                 tensors.get(t.name, {}).get("scale"), ", ".join(t.consumers),
+                 "rewritten" if t.name in rewritten else "") for t in shown]
+        return body + page.table(["tensor", "type", "SQNR dB", "local dB", "amax", "scale", "read by", "note"], rows,
                                  digits=2, cls="layers")
     noisiest = (side.get("fidelity") or {}).get("noisiest") or []
-    body = page.note("No evaluation data given (trtq report --data EVAL.npz measures every quantized tensor). "
-                     "These are the noisiest tensors quantize found on its own calibration samples.")
+    body = page.note("No evaluation data given: trtq report --data EVAL.npz measures every quantized tensor. "
+                     + ("These are the noisiest tensors quantize found on its own calibration samples."
+                        if noisiest else "quantize records per-tensor numbers only when its output check warns."))
     if noisiest:
         body += page.image(plots.sqnr_bars([t["tensor"] for t in noisiest], [t["sqnr_db"] for t in noisiest],
                                            [t["local_sqnr_db"] for t in noisiest]), "per-layer SQNR bars")
@@ -238,9 +251,9 @@ def _ranges(side: dict[str, Any], measured: dict[str, Any], count: int) -> str:
     hists = measured.get("histograms")
     tensors = side["tensors"]
     if hists:
-        body = page.note("FP32 values of the worst layers' quantized inputs on the evaluation data (log counts); "
-                         "the dashed lines are the quantizer's range ±amax chosen at calibration: values beyond "
-                         "them are clipped.")
+        body = page.note("The values entering the noisiest quantizers (lowest local SQNR) in the quantized graph, on the "
+                         "evaluation data (log counts; earlier layers already quantized, passes applied); the "
+                         "dashed lines are the range ±amax chosen at calibration: values beyond them are clipped.")
         body += page.image(plots.histograms([h.to_panel() for h in hists]), "activation histograms")
         rows = [(h.tensor, tensors[h.tensor].get("method"), h.amax, tensors[h.tensor].get("scale"), h.absmax_seen,
                  100.0 * h.clipped_fraction, h.values) for h in hists]
@@ -332,9 +345,13 @@ def _precision(side: dict[str, Any], inspected: Any) -> str:
         body += page.note("No sensitivity fallback ran (--fallback-budget N or --target-sqnr DB keeps the most "
                           "sensitive layers in floating point).")
     if skipped:
+        by_reason: dict[tuple[str, str], list[str]] = {}
+        for entry in skipped:
+            by_reason.setdefault((str(entry.get("reason")), str(entry.get("op"))), []).append(str(entry.get("node")))
         body += "<h3>Nodes left in floating point and why</h3>\n"
-        body += page.table(["node", "op", "reason"], [(s.get("node"), s.get("op"), s.get("reason")) for s in skipped],
-                           cls="skipped")
+        body += page.table(["reason", "op", "nodes", "names"],
+                           [(r, op, len(ns), ", ".join(ns[:6]) + (f", ... ({len(ns) - 6} more)" if len(ns) > 6 else ""))
+                            for (r, op), ns in by_reason.items()], cls="skipped")
     return body
 
 

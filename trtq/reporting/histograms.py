@@ -1,6 +1,8 @@
-"""Histograms of the FP32 values of chosen activations, over the range their quantizer covers and beyond.
+"""Histograms of the values entering chosen quantizers, over the range the quantizer covers and beyond.
 
-One pass over the evaluation data through the FP32 model, exposing only the chosen tensors; each batch
+One pass over the evaluation data through the quantized model (exact Q/DQ, `trtq._ort.make_session`),
+exposing only the chosen tensors (the QuantizeLinear inputs): the values the quantizer sees, after
+every pass and every earlier quantized layer, with the range calibration chose for them. Each batch
 is binned and dropped. Bins span [lo, 1.25·amax] (lo = -1.25·amax when calibration saw negative values,
 else 0), values outside fall into the end bins; `clipped` counts |x| > amax: what the quantizer
 saturates. Non-finite values and mask sentinels (|x| >= 1e30) are left out, as in calibration.
@@ -27,7 +29,7 @@ MARGIN = 1.25
 
 @dataclass
 class ValueHistogram:
-    """The FP32 values one quantized tensor took on the evaluation data."""
+    """The values one quantizer's input took on the evaluation data."""
 
     tensor: str
     amax: float
@@ -58,9 +60,9 @@ class ValueHistogram:
                 "clipped_fraction": self.clipped_fraction}
 
 
-def value_histograms(reference: onnx.ModelProto, ranges: Mapping[str, tuple[float, bool]], data: Any, *,
+def value_histograms(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, bool]], data: Any, *,
                      batch_size: int = 8, max_samples: int | None = None) -> list[ValueHistogram]:
-    """Histogram every tensor of `ranges` (name -> (amax, signed)) over `data` run through `reference`."""
+    """Histogram every tensor of `ranges` (name -> (amax, signed)) over `data` run through `model`."""
     names = [n for n in ranges if ranges[n][0] > 0]
     if not names:
         return []
@@ -70,8 +72,8 @@ def value_histograms(reference: onnx.ModelProto, ranges: Mapping[str, tuple[floa
         hi = MARGIN * amax
         hists[n] = ValueHistogram(n, amax, np.linspace(-hi if signed else 0.0, hi, BINS + 1),
                                   np.zeros(BINS, dtype=np.int64))
-    session = make_session(reference, outputs=names)
-    stream = BatchStream(data, model_inputs(reference), batch_size=batch_size, max_samples=max_samples,
+    session = make_session(model, outputs=names)
+    stream = BatchStream(data, model_inputs(model), batch_size=batch_size, max_samples=max_samples,
                          what="evaluation")
     try:
         for batch in stream:
