@@ -364,13 +364,13 @@ def _run_quantize(args: argparse.Namespace) -> int:
         from trtq.reporting import report
 
         page = report(result.path, args.report, data=None if calib is None else calib, reference=args.model,
-                      max_samples=REPORT_CALIB_SAMPLES, data_label="calibration data", device=args.device,
+                      max_samples=_REPORT_CALIB_SAMPLES, data_label="calibration data", device=args.device,
                       progress=not args.quiet)
         print(f"html report: {page}")
     return 0
 
 
-REPORT_CALIB_SAMPLES = 32
+_REPORT_CALIB_SAMPLES = 32
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:

@@ -26,7 +26,7 @@ from trtq.precision import WEIGHTED_OPS
 __all__ = ["InspectReport", "QuantizedTensor", "WeightedOp", "inspect", "sample_of"]
 
 # the check's placement rules: where Q/DQ sit relative to the fusions TensorRT looks for
-PLACEMENT_RULES = ("partial-quant", "output-quantized", "residual-input", "mha-softmax-qdq", "mha-int8-placement")
+_PLACEMENT_RULES = ("partial-quant", "output-quantized", "residual-input", "mha-softmax-qdq", "mha-int8-placement")
 
 _BITS = {"INT8": 8, "UINT8": 8, "FLOAT8E4M3FN": 8, "FLOAT8E5M2": 8, "FLOAT8E4M3FNUZ": 8, "FLOAT8E5M2FNUZ": 8,
          "INT4": 4, "UINT4": 4, "FLOAT4E2M1": 4, "FLOAT16": 16, "BFLOAT16": 16, "FLOAT": 32, "DOUBLE": 64}
@@ -157,7 +157,7 @@ def inspect(model: onnx.ModelProto | str | os.PathLike[str],
     macs = _macs(proto, sample)
     tensors = sorted((_tensor(graph, q) for q in graph.sites()), key=lambda t: (t.kind, t.tensor))
     ops = [_weighted(graph, i, macs.get(graph.name(i))) for i in graph.nodes_of(*WEIGHTED_OPS)]
-    findings = check(proto, rules=PLACEMENT_RULES).to_dict()["findings"]
+    findings = check(proto, rules=_PLACEMENT_RULES).to_dict()["findings"]
     counts = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in graph.nodes)
     return InspectReport(model=path, opset=graph.opset, op_counts=dict(counts.most_common()), tensors=tensors,
                          weighted_ops=ops, sample_shapes={k: list(v.shape) for k, v in sample.items()},

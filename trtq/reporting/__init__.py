@@ -25,7 +25,7 @@ from trtq._version import __version__
 from trtq.errors import TrtqError
 from trtq.reporting import page, plots
 
-__all__ = ["report"]
+__all__ = ["SECTIONS", "VALUE_PASSES", "report"]
 
 # passes after which a tensor may hold other values than the FP32 model's tensor of the same name
 VALUE_PASSES = ("rotate", "rotate_online", "smoothquant", "repq", "cle")

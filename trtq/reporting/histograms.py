@@ -21,7 +21,7 @@ from trtq._ort import make_session
 from trtq.calibrators.data import BatchStream, model_inputs
 from trtq.calibrators.stats import SENTINEL
 
-__all__ = ["ValueHistogram", "value_histograms"]
+__all__ = ["BINS", "MARGIN", "ValueHistogram", "value_histograms"]
 
 BINS = 120
 MARGIN = 1.25
