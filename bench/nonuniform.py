@@ -129,7 +129,7 @@ def uniform_face(model: onnx.ModelProto, amax: dict[str, float], bits: int) -> o
     return gs.export_onnx(graph, do_type_check=False)
 
 
-def act_rows(fp32: onnx.ModelProto, calib_path: str, feeds: dict, fp32_out) -> list:
+def act_rows(fp32: onnx.ModelProto, calib_path: str, feeds: dict, fp32_out, places: tuple[str, ...]) -> list:
     import trtq
     from trtq.calibrators.data import open_batches
     from trtq.config import ActQuantConfig, QuantConfig
@@ -137,9 +137,10 @@ def act_rows(fp32: onnx.ModelProto, calib_path: str, feeds: dict, fp32_out) -> l
     from trtq.plugins.onnx_face import insert_faces
 
     kinds = default_act_tensors(fp32)
-    amax = {n: e["amax"] for n, e in trtq.calibrate(fp32, calib_path, precision="int8", progress=False).items()}
+    ranges = trtq.calibrate(fp32, calib_path, config=QuantConfig(precision="int8", passes=()), progress=False)
+    amax = {n: e["amax"] for n, e in ranges.items()}  # minmax, no passes: the graph the faces go into
     rows = []
-    for place in ("softmax", "gelu"):
+    for place in places:
         tensors = tuple(sorted(n for n, k in kinds.items() if k == place))
         for bits in (8, 4):
             t = time.perf_counter()
@@ -180,6 +181,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "out" / "nonuniform")
     ap.add_argument("--parts", default=",".join(PARTS))
     ap.add_argument("--block-size", type=int, default=128)
+    ap.add_argument("--places", default="softmax,gelu", help="minilm-acts: post-Softmax and/or post-GELU tensors")
     args = ap.parse_args()
     parts = [p for p in args.parts.split(",") if p]
     rows: list[dict] = []
@@ -198,7 +200,7 @@ def main() -> None:
             rows += weight_rows(name, fp32, paths["calib"], feeds, fp32_out,
                                 ("int4", "uniform4", "nf4", "codebook4", "uniform3", "codebook3"), args.block_size)
         if "minilm-acts" in wanted:
-            rows += act_rows(fp32, paths["calib"], feeds, fp32_out)
+            rows += act_rows(fp32, paths["calib"], feeds, fp32_out, tuple(args.places.split(",")))
         if name == "effnet":
             four = ("uniform4", "nf4", "codebook4")
             rows += weight_rows(name, fp32, paths["calib"], feeds, fp32_out, four, args.block_size)
