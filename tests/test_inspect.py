@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
+import graphs
 import numpy as np
 import onnx
 import pytest
 
-import graphs
 import trtq
 from trtq.cli import main
 from trtq.config import QuantConfig

@@ -45,7 +45,7 @@ def _reference() -> dict[str, str]:
     """README's "Command reference": subcommand -> the text of its section."""
     text = README.read_text(encoding="utf-8")
     ref = text.split("\n## Command reference\n", 1)[1].split("\n## ", 1)[0]
-    parts = re.split(r"^### `trtq ([a-z-]+)`.*$", ref, flags=re.M)
+    parts = re.split(r"^### `trtq ([a-z-]+)`.*$", ref, flags=re.MULTILINE)
     return dict(zip(parts[1::2], parts[2::2], strict=True))
 
 

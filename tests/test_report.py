@@ -8,10 +8,10 @@ import json
 from html.parser import HTMLParser
 from pathlib import Path
 
+import graphs
 import numpy as np
 import pytest
 
-import graphs
 import trtq
 from trtq.cli import main
 from trtq.config import QuantConfig
