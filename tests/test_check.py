@@ -15,6 +15,7 @@ from trtq.config import TARGETS, Target
 from trtq.errors import TrtqError
 from trtq.exporter import check as check_module
 from trtq.exporter.check import RULES, CheckReport, Finding, check
+from trtq.exporter.high_precision import cast_high_precision
 
 FP8 = ml_dtypes.float8_e4m3fn
 INT4 = ml_dtypes.int4
@@ -218,10 +219,17 @@ def test_correct_int8_graph_has_no_errors_or_warnings() -> None:
     assert rules_of(report) == {"fp32-region"}  # the only note: non-quantized regions stay float32
 
 
+def half(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph as `trtq quantize` writes it by default: unquantized layers in FP16 (--high-precision fp16)."""
+    cast_high_precision(model, "fp16")
+    return model
+
+
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_correct_int8_graph_passes_on_every_target(target: str) -> None:
-    report = check(qdq_model(), target)
-    assert report.ok and not report.warnings, report.format()
+    report = check(half(qdq_model()), target)
+    expected = {"orin-int8-attention"} if target == "orin" else set()  # TensorRT 10.3 on Orin: no INT8 MHA
+    assert report.ok and rules_of(report, "warning") == expected, report.format()
 
 
 def test_modelopt_style_qdq_on_fp32_weights_is_accepted() -> None:
@@ -354,8 +362,13 @@ def test_block_quant_on_activation() -> None:
 
 
 def test_int4_weight_only_graph_is_accepted() -> None:
-    report = check(matmul_model(weight=INT4, block=32, act=None, opset=21), "ampere")
+    report = check(half(matmul_model(weight=INT4, block=32, act=None, opset=21)), "ampere")
     assert report.ok and not report.warnings, report.format()
+
+
+def test_int4_dequantized_to_fp32_is_a_warning() -> None:
+    report = check(matmul_model(weight=INT4, block=32, act=None, opset=21), "ampere")
+    assert "FP32 GEMM" in found(report, "int4-fp32", "w_dq", "warning").message
 
 
 def test_int4_activation() -> None:
@@ -430,7 +443,7 @@ def test_fp8_on_orin_is_an_error_naming_the_target() -> None:
 
 @pytest.mark.parametrize("target", ["hopper", Target("ada"), Target("thor", "11")])
 def test_fp8_on_an_fp8_target_is_ok(target: Target | str) -> None:
-    report = check(qdq_model(FP8), target)
+    report = check(half(qdq_model(FP8)), target)
     assert report.ok and not report.warnings, report.format()
 
 
@@ -518,11 +531,13 @@ def test_small_conv(cin: int, cout: int, group: int, fires: bool) -> None:
         found(report, "small-conv", "conv", "info")
 
 
-def test_fp32_region_is_silent_with_an_fp16_cast() -> None:
+def test_fp32_region_counts_float32_nodes_not_casts() -> None:
     model = qdq_model()
     found(check(model), "fp32-region", "relu1", "info")  # the first float32 compute node
+    found(check(model, trt="11"), "fp32-region", "relu1", "warning")  # TensorRT 11: strongly typed only
     model.graph.node.append(helper.make_node("Cast", ["attn_out"], ["attn_out_fp16"], to=TensorProto.FLOAT16))
-    assert "fp32-region" not in rules_of(check(model))
+    found(check(model), "fp32-region", "relu1", "info")  # one Cast does not make the rest FP16
+    assert "fp32-region" not in rules_of(check(half(model), trt="11"))
 
 
 # --- API ----------------------------------------------------------------------------------------------------
@@ -591,3 +606,70 @@ def test_every_rule_is_documented_and_unique() -> None:
         assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", rule.id)
         assert re.search(rf"^{rule.id} +(error|warning|info) ", doc, re.MULTILINE)
         assert rule.severity in ("error", "warning", "info")
+
+
+# --- version-dependent rules (issue 11's read of TensorRT 10.3 / 10.13 / 10.16 / 11.1 and the parser) ---------
+
+
+@pytest.mark.parametrize("trt, fires", [(None, True), ("10.3", True), ("10.16", False), ("11", False)])
+def test_scale_dtype_float32_scale_on_fp16_input_up_to_10_12(trt: str | None, fires: bool) -> None:
+    model = half(qdq_model())
+    set_init(model, "relu1_scale", np.float32(0.05))  # relu1 is FP16 now; its Q keeps a float32 scale
+    assert ("scale-dtype" in rules_of(check(model, trt=trt), "error")) is fires
+
+
+@pytest.mark.parametrize("trt, fires", [("10.3", True), ("10.16", False), ("11", False)])
+def test_block_quant_fp8_from_10_13(trt: str, fires: bool) -> None:
+    report = check(matmul_model(weight=FP8, block=32, act=FP8, opset=21), trt=trt)
+    assert ("block-quant" in rules_of(report, "error")) is fires, report.format()
+
+
+def int4_rank3(axis: int) -> onnx.ModelProto:
+    """DQ of a [2, 64, 64] INT4 constant blocked along `axis` (size 32 blocks), feeding a MatMul."""
+    shape = [2, 64, 64]
+    scale_shape = [s // 32 if k == axis else s for k, s in enumerate(shape)]
+    inits = [numpy_helper.from_array(np.ones(shape, INT4), "w"),
+             numpy_helper.from_array(np.full(scale_shape, 0.01, np.float16), "s")]
+    nodes = [helper.make_node("DequantizeLinear", ["w", "s"], ["wd"], name="w_dq", axis=axis, block_size=32),
+             helper.make_node("MatMul", ["x", "wd"], ["y"], name="mm")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 4, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [2, 4, 64])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def test_block_quant_int4_rank_and_blocked_axis() -> None:
+    assert "2-D tensors only" in found(check(int4_rank3(1), trt="10.3"), "block-quant", "w_dq", "error").message
+    assert "block-quant" not in rules_of(check(int4_rank3(1), trt="10.16"))  # second to last: fine
+    assert "last or the second to last" in found(check(int4_rank3(0), trt="10.16"), "block-quant", "w_dq").message
+
+
+@pytest.mark.parametrize("trt, fires", [(None, True), ("10.3", True), ("10.16", False), ("11", False)])
+def test_int4_odd_dim_per_parser_version(trt: str | None, fires: bool) -> None:
+    report = check(half(matmul_model(n=63, weight=INT4, block=32, act=None, opset=21)), trt=trt)
+    assert ("int4-odd-dim" in rules_of(report, "error")) is fires, report.format()  # 64 x 63: even count
+
+
+def test_strongly_typed_note_on_10x_only() -> None:
+    model = half(matmul_model(weight=INT4, block=32, act=None, opset=21))
+    assert "--stronglyTyped" in found(check(model, trt="10.16"), "strongly-typed", "<model>", "info").fix
+    assert "strongly-typed" not in rules_of(check(model, trt="11"))
+    assert "strongly-typed" not in rules_of(check(qdq_model(), trt="10.3"))  # INT8 + FP32: weakly typed works
+
+
+def test_fp8_grouped_conv_and_deconvolution() -> None:
+    b = Builder(FP8)
+    x = b.qdq(b.node("Relu", [b.input("x", [1, 64, 8, 8])], "stem"), "x")
+    b.node("Conv", [x, b.weight("wg", (64, 32, 3, 3), 0)], "grouped", group=2, pads=[1, 1, 1, 1])
+    y = b.qdq("grouped", "y")
+    b.node("ConvTranspose", [y, b.weight("wt", (64, 64, 2, 2), 1)], "deconv", strides=[2, 2])
+    b.output("deconv", [1, 64, 16, 16])
+    report = check(b.model(), "hopper")
+    assert "group 2, 32 channels" in found(report, "fp8-conv", "grouped", "warning").message
+    found(report, "fp8-conv", "deconv", "warning")
+
+
+def test_orin_int8_attention_offers_the_exclude() -> None:
+    model = half(qdq_model())
+    hit = found(check(model, "orin"), "orin-int8-attention", "attn_qk", "warning")
+    assert "#4167" in hit.message and "--exclude '^(attn_qk|attn_pv)$'" in hit.fix
+    assert "orin-int8-attention" not in rules_of(check(model, "orin", "10.16")) | rules_of(check(model, "thor"))

@@ -15,7 +15,7 @@ import graphs
 import requires
 import helpers
 import trtq
-from trtq.config import QuantConfig
+from trtq.config import QuantConfig, Target
 from trtq.errors import TrtqError
 
 
@@ -35,7 +35,8 @@ def test_int8_conv_block(conv_model, conv_calib, tmp_path, method):
     for q in _nodes(model, "QuantizeLinear"):  # symmetric per-tensor activations, scale = amax / 127
         assert inits[q.input[2]].dtype == np.int8 and inits[q.input[2]] == 0 and inits[q.input[1]].shape == ()
         tensor = result.report["tensors"][q.input[0]]
-        assert inits[q.input[1]] == pytest.approx(tensor["amax"] / 127, rel=1e-6)
+        assert inits[q.input[1]] == pytest.approx(tensor["scale"], rel=1e-6)  # fp16 (the default high precision)
+        assert tensor["scale"] == pytest.approx(tensor["amax"] / 127, rel=2**-11)
         assert tensor["method"] == method and tensor["samples"] == 32
     weights = [d for d in _nodes(model, "DequantizeLinear") if d.input[0] in inits]
     assert len(weights) == 4 and all(inits[d.input[0]].dtype == np.int8 for d in weights)
@@ -78,10 +79,15 @@ def test_fp8_loads_in_a_default_onnxruntime_session(name, tmp_path):
 
     model, data = ((graphs.conv_block(channels=32), graphs.conv_data(8)) if name == "conv"
                    else (graphs.attention_block(), graphs.attention_data(8)))
-    q = trtq.quantize(model, data, precision="fp8", target="hopper", progress=False).model
+    config = QuantConfig(precision="fp8", target=Target("hopper"), high_precision="fp32")
+    q = trtq.quantize(model, data, config=config, progress=False).model
     session = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"])
     # ORT's default fusions (LayerNorm, ...) round differently: float32 rounding apart
     np.testing.assert_allclose(session.run(None, data)[0], helpers.run(q, data), rtol=1e-4, atol=1e-4)
+    # the default FP16 graph loads too (its numbers differ by FP16 rounding: ORT's CPU runs FP16 in FP32)
+    half = trtq.quantize(model, data, precision="fp8", target="hopper", progress=False).model
+    out = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, data)[0]
+    assert np.all(np.isfinite(out))
 
 
 def test_int4_weight_only_blockwise(attention_model, tmp_path):

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import json
 
+import graphs
+import helpers
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper, version_converter
 
-import graphs
-import helpers
 import trtq
 from trtq.calibrators.data import open_batches
 from trtq.cli import main
 from trtq.config import QuantConfig
 from trtq.errors import TrtqError
+from trtq.exporter.high_precision import cast_high_precision
+from trtq.exporter.macs import count_macs
 from trtq.exporter.placement import plan_quantization
 from trtq.exporter.qdq import insert_qdq
-from trtq.exporter.macs import count_macs
-from trtq.sensitivity import cast_to_fp16, sensitivity_fallback, unit_owners, without_units
+from trtq.sensitivity import sensitivity_fallback, unit_owners, without_units
 
 OPSET = 17
 MLP_MACS = {"fc1": 16 * 32, "fc2": 32 * 32, "fc3": 32 * 8}
@@ -199,24 +200,26 @@ def test_fp16_fallback_casts_around_the_op_and_runs_in_onnxruntime():
     model, feeds = outlier_mlp(), _mlp_data(16, seed=7)
     result, amax = _fallback(model, _mlp_data(32), budget=1)
     fp32, _ = insert_qdq(model, result.plan, amax, "int8", opset=OPSET)
-    fp16 = cast_to_fp16(insert_qdq(model, result.plan, amax, "int8", opset=OPSET)[0], result.kept_float)
+    fp16 = insert_qdq(model, result.plan, amax, "int8", opset=OPSET)[0]
+    cast_high_precision(fp16, "fp16", nodes=result.kept_float)
     onnx.checker.check_model(fp16, full_check=True)
     fc2 = next(n for n in fp16.graph.node if n.name == "fc2")
     inits = {i.name: i for i in fp16.graph.initializer}
-    assert inits[fc2.input[1]].data_type == TensorProto.FLOAT16 and "w2" not in inits
+    assert inits[fc2.input[1]].data_type == TensorProto.FLOAT16  # w2, read by fc2 only: cast in place
     casts = {(n.input[0], n.output[0]) for n in fp16.graph.node if n.op_type == "Cast"}
-    assert ("h1", fc2.input[0]) in casts and (fc2.output[0], "h2") in casts
+    assert ("h1", fc2.input[0]) in casts and (fc2.output[0], "h2_to_fp32") in casts
+    assert all(n.op_type != "Cast" for n in fp16.graph.node if n.name in ("fc1", "fc3"))
     assert helpers.sqnr_db(helpers.run(fp32, feeds), helpers.run(fp16, feeds)) > 45
 
 
 def test_fp16_fallback_chains_without_a_round_trip():
     model = outlier_mlp()
-    fp16 = cast_to_fp16(model, ["fc1", "fc2"])
-    onnx.checker.check_model(fp16, full_check=True)
-    fc2 = next(n for n in fp16.graph.node if n.name == "fc2")
-    assert fc2.input[0] == "h1_fp16" and not any(n.output[0] == "h1" for n in fp16.graph.node)
+    cast_high_precision(model, "fp16", nodes=["fc1", "fc2"])
+    onnx.checker.check_model(model, full_check=True)
+    fc2 = next(n for n in model.graph.node if n.name == "fc2")
+    assert fc2.input[0] == "h1" and not any(n.op_type == "Cast" and n.input[0] == "h1" for n in model.graph.node)
     feeds = _mlp_data(4)
-    assert helpers.sqnr_db(helpers.run(outlier_mlp(), feeds), helpers.run(fp16, feeds)) > 45
+    assert helpers.sqnr_db(helpers.run(outlier_mlp(), feeds), helpers.run(model, feeds)) > 45
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -247,7 +250,7 @@ def test_quantize_with_a_fallback_budget_writes_the_report(tmp_path):
     result = trtq.quantize(model_path, calib, tmp_path / "q.onnx", config=QuantConfig(fallback_budget=1),
                            progress=False)
     report = result.report
-    assert report["fallback"]["kept_float"] == ["fc2"] and report["fallback"]["dtype"] == "fp32"
+    assert report["fallback"]["kept_float"] == ["fc2"] and report["fallback"]["dtype"] == "fp16"  # the default
     assert report["summary"]["quantized_nodes"] == 2
     assert {"node": "fc2", "op": "MatMul"}.items() <= report["skipped"][-1].items()
     model = onnx.load(str(tmp_path / "q.onnx"))
@@ -259,10 +262,10 @@ def test_quantize_with_a_fallback_budget_writes_the_report(tmp_path):
 
 
 def test_quantize_fp16_fallback_passes_the_check():
-    config = QuantConfig(target_sqnr=25.0, fallback_dtype="fp16")
+    config = QuantConfig(target_sqnr=25.0, fallback_dtype="fp16", high_precision="fp32")  # only fc2 in fp16
     result = trtq.quantize(outlier_mlp(), _mlp_data(32), config=config, progress=False)
     fc2 = next(n for n in result.model.graph.node if n.name == "fc2")
-    assert fc2.input[0] == "h1_fp16" and result.report["check"]["ok"]
+    assert fc2.input[0] == "h1_to_fp16" and result.report["check"]["ok"]
     assert result.report["fallback"]["dtype"] == "fp16" and result.report["fallback"]["reached"]
 
 
@@ -277,4 +280,4 @@ def test_cli_fallback_flags(tmp_path):
     assert report["fallback"]["kept_float"] == ["fc2"] and report["fallback"]["samples"] == 8
     assert report["config"]["fallback_budget"] == 1
     assert main(["quantize", str(model_path), "-o", str(out), "--calib-data", str(calib),
-                 "--fallback-dtype", "bf16"]) == 2
+                 "--fallback-dtype", "fp64"]) == 2

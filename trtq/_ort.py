@@ -131,6 +131,8 @@ def make_session(
         optimize: run ORT's graph optimisations (None: on, unless the graph holds FP8/INT4 tensors,
             whose QDQ fusions ORT's CPU optimisers do not handle).
         threads: intra-op threads (None: ORT's default).
+        A graph holding float16 / bfloat16 tensors runs as `trtq._half.emulate_half` rewrites it, with
+        half-precision rounding after every op (ORT's CPU would otherwise run float16 chains in float32).
         exact_qdq: run activation Q/DQ exactly as written (overrides `optimize`): basic optimisations
             only, with ORT's QDQ fusions off ("session.disable_quant_qdq"). Weight DQs are still
             constant-folded, so results depend neither on the batch size nor on `outputs`; full
@@ -149,6 +151,10 @@ def make_session(
                         "standard-ONNX face computes the same numbers; build the plugin graph with TensorRT.")
     import onnxruntime as ort
 
+    from trtq._half import emulate_half, has_half
+
+    if has_half(model):  # ORT's CPU runs float16 chains in float32: emulate half storage (trtq._half)
+        model = emulate_half(model)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if optimize is None:

@@ -15,6 +15,7 @@ from trtq.config import (
     ACT_QUANT_METHODS,
     CALIB_METHODS,
     FALLBACK_DTYPES,
+    HIGH_PRECISIONS,
     INT4_METHODS,
     PRECISIONS,
     SELECT_METHODS,
@@ -91,8 +92,13 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
                    help="calibration samples the sensitivity analysis runs on "
                    f"(default {QuantConfig.fallback_samples})")
     p.add_argument("--fallback-dtype", default=QuantConfig.fallback_dtype,
-                   help=f"precision of the layers kept in floating point: {', '.join(FALLBACK_DTYPES)} "
-                   "(default fp32)")
+                   help=f"precision of the layers the fallback keeps in floating point: {', '.join(FALLBACK_DTYPES)} "
+                   "(default: --high-precision's)")
+    p.add_argument("--high-precision", default=QuantConfig.high_precision,
+                   help=f"precision of every layer left unquantized: {', '.join(HIGH_PRECISIONS)} (default fp16, "
+                   "which every target runs); what half precision breaks stays fp32 by a stated rule (README)")
+    p.add_argument("--high-precision-io", action="store_true",
+                   help="cast the model's float inputs and outputs to --high-precision too (default: keep fp32)")
     _add_device_arg(p)
     p.add_argument("--no-check", action="store_true", help="write the output even if `trtq check` finds errors")
     p.add_argument("--report", metavar="HTML", help="also write the HTML report of the output (trtq report), its "
@@ -329,6 +335,8 @@ def _run_quantize(args: argparse.Namespace) -> int:
         target_sqnr=args.target_sqnr,
         fallback_samples=args.fallback_samples,
         fallback_dtype=args.fallback_dtype,
+        high_precision=args.high_precision,
+        high_precision_io=args.high_precision_io,
         select=_select_config(args),
         int4_method=args.int4_method,
         weight_format=args.weight_format,

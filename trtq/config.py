@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from trtq.errors import TrtqError
-from trtq.precision import DEFAULT_BLOCK_SIZE, LOG_STEPS, PRECISIONS, TABLE, WEIGHT_FORMAT_TABLE
+from trtq.precision import DEFAULT_BLOCK_SIZE, FLOATS, LOG_STEPS, PRECISIONS, TABLE, WEIGHT_FORMAT_TABLE
 from trtq.targets import TARGETS, TRT_VERSIONS, TargetSpec
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "CALIB_METHODS",
     "DEFAULT_CALIB_METHOD",
     "FALLBACK_DTYPES",
+    "HIGH_PRECISIONS",
     "INT4_METHODS",
     "PRECISIONS",
     "SELECT_METHODS",
@@ -36,8 +37,10 @@ __all__ = [
 CALIB_METHODS = ("minmax", "percentile", "entropy", "mse")
 # Chosen on bench/ (best on both real models there): see README "Calibration methods" for the figures.
 DEFAULT_CALIB_METHOD = "minmax"
-# Precision of the layers sensitivity fallback keeps out of INT8/FP8 (fp16: Casts and float16 weights).
-FALLBACK_DTYPES = ("fp32", "fp16")
+# Precision of what stays unquantized (trtq.exporter.high_precision casts it; fp32: left as it is).
+HIGH_PRECISIONS = tuple(FLOATS)
+# Precision of the layers sensitivity fallback keeps out of INT8/FP8 (None in the config: the high precision).
+FALLBACK_DTYPES = HIGH_PRECISIONS
 # How INT4 weights are rounded given calibration data (trtq.exporter.gptq; rtn: nearest, clip only).
 INT4_METHODS = ("gptq", "rtn")
 # How INT4-mode (weight-only) weights are stored: int4 = uniform INT4 DequantizeLinear; the others are
@@ -307,7 +310,13 @@ class QuantConfig(JsonConfig):
         target_sqnr: keep the most sensitive layers in floating point until the output SQNR (dB, on
             the fallback samples) reaches this; with fallback_budget, at most that many layers.
         fallback_samples: calibration samples the sensitivity analysis runs on (the first ones).
-        fallback_dtype: fp32 | fp16: precision of the layers kept in floating point.
+        fallback_dtype: fp16 | bf16 | fp32: precision of the layers the fallback keeps in floating point
+            (None: `high_precision`'s).
+        high_precision: fp16 | bf16 | fp32: precision of every layer left unquantized, written into the
+            graph (strongly typed TensorRT runs each layer in its ONNX type); what half precision breaks
+            stays FP32 by trtq.exporter.high_precision's rule. None: the target's default (fp16, which
+            every target runs); fp32 leaves the graph's float layers as they are.
+        high_precision_io: cast the model's float inputs and outputs too (default: they stay float32).
         select: calibrate on `select.n` samples picked from the calibration data (the candidates)
             by `select.method` on the FP32 model's features (None: calibrate on all of them).
         int4_method: gptq | rtn: how INT4 weights are rounded when calibration data is given. Both
@@ -342,13 +351,27 @@ class QuantConfig(JsonConfig):
     fallback_budget: int | None = None
     target_sqnr: float | None = None
     fallback_samples: int = 16
-    fallback_dtype: str = "fp32"
+    fallback_dtype: str | None = None
     select: SelectConfig | None = None
     int4_method: str = "gptq"
     weight_format: str = "int4"
     act_quant: ActQuantConfig | None = None
     device: str | None = None
     plugins: bool = False
+    high_precision: str | None = None
+    high_precision_io: bool = False
+
+    @property
+    def resolved_high_precision(self) -> str:
+        """`high_precision`, or the target's default (fp16) when None."""
+        if self.high_precision is not None:
+            return self.high_precision
+        return self.target.spec.default_high_precision if self.target is not None else "fp16"
+
+    @property
+    def resolved_fallback_dtype(self) -> str:
+        """`fallback_dtype`, or the high precision when None."""
+        return self.fallback_dtype or self.resolved_high_precision
 
     def __post_init__(self) -> None:
         if isinstance(self.exclude, str):  # one pattern, not one pattern per character
@@ -435,7 +458,14 @@ class QuantConfig(JsonConfig):
                             "outputs: no fallback reaches it.", "pass e.g. --target-sqnr 25.")
         if self.fallback_samples < 1:
             raise TrtqError(f"fallback_samples={self.fallback_samples} must be at least 1.", "pass e.g. 16.")
-        _choice(self.fallback_dtype, FALLBACK_DTYPES, "fallback dtype", "--fallback-dtype")
+        if self.fallback_dtype is not None:
+            _choice(self.fallback_dtype, FALLBACK_DTYPES, "fallback dtype", "--fallback-dtype")
+        if self.high_precision is not None:
+            _choice(self.high_precision, HIGH_PRECISIONS, "high precision", "--high-precision")
+        for dtype in {self.high_precision, self.fallback_dtype} - {None}:
+            if self.target is not None and not self.target.spec.runs(dtype):
+                raise TrtqError(f"{dtype.upper()} does not run on target {self.target.name!r}.",
+                                "use --high-precision fp16 (or fp32).")
 
 
 _NESTED: dict[tuple[str, str], type[JsonConfig]] = {

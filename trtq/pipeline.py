@@ -27,13 +27,14 @@ from trtq.calibrators.observer import Reducer, observe, token_mask_input
 from trtq.calibrators.stats import ChannelStatsReducer, FirstSamples, GramReducer, collect_stats
 from trtq.config import CalibConfig, QuantConfig, Target
 from trtq.errors import TrtqError
+from trtq.exporter.high_precision import cast_high_precision
 from trtq.exporter.passes import PassContext, PassRun, resolve_passes, run_passes
 from trtq.exporter.placement import QuantPlan, plan_quantization
 from trtq.exporter.qdq import insert_qdq
 from trtq.exporter.weight_subgraphs import fold_weight_subgraphs
 from trtq.fidelity import SmallestHashes, fidelity_check
-from trtq.precision import TABLE, WEIGHT_FORMAT_TABLE, opset_of
-from trtq.sensitivity import FallbackResult, cast_to_fp16, sensitivity_fallback
+from trtq.precision import FLOATS, TABLE, WEIGHT_FORMAT_TABLE, opset_of
+from trtq.sensitivity import FallbackResult, sensitivity_fallback
 
 if TYPE_CHECKING:
     from trtq.calibrators.select import Selection
@@ -139,7 +140,8 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
         # the weights the fallback analysis quantized (the whole plan), reused: quantized once
         weights = fallback.weights if fallback is not None else None
         qmodel, tensors = insert_qdq(folded, plan, amax, cfg.precision, block_size=cfg.block_size,
-                                     opset=_opset(folded), importance=importance, quantized=weights)
+                                     opset=_opset(folded), importance=importance, quantized=weights,
+                                     scale_type=cfg.resolved_high_precision)
     else:
         qmodel = folded
     if codebooks or log_acts:
@@ -155,8 +157,7 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
             fidelity = fidelity_check(folded, qmodel, fidelity_samples)
         qmodel, swap = to_plugin_face(qmodel, inplace=qmodel is not folded)  # edit only a graph made here
         plugin_report = swap.to_dict()
-    if fallback is not None and cfg.fallback_dtype == "fp16":
-        qmodel = cast_to_fp16(qmodel, fallback.kept_float)
+    high_precision = _high_precision(qmodel, cfg, fallback, plugins=bool(codebooks or log_acts or cfg.plugins))
     for name, entry in tensors.items():
         if entry["kind"] == "activation" and name in calib_report:
             entry.update(calib_report[name])
@@ -167,8 +168,9 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
         report["fidelity"] = fidelity or fidelity_check(folded, qmodel, fidelity_samples)
     if plugin_report is not None:
         report["plugins"] = plugin_report
+    report["high_precision"] = high_precision
     if fallback is not None:
-        report["fallback"] = {"dtype": cfg.fallback_dtype, **fallback.to_dict()}
+        report["fallback"] = {"dtype": cfg.resolved_fallback_dtype, **fallback.to_dict()}
     data_report = batches.source_report() if batches is not None else None
     if data_report is not None:
         report["calibration_data"] = data_report
@@ -193,6 +195,24 @@ def _data_files(data: Any) -> dict[Path, str]:
         if isinstance(getattr(data, attr, None), Path):
             return {getattr(data, attr): "calibration data"}
     return {Path(data): "calibration data"} if isinstance(data, (str, os.PathLike)) else {}
+
+
+def _high_precision(qmodel: onnx.ModelProto, cfg: QuantConfig, fallback: FallbackResult | None,
+                    plugins: bool = False) -> dict[str, Any]:
+    """Cast the unquantized layers to the high precision (and the fallback's to theirs); what was done."""
+    if plugins:  # the plugin faces' signatures are float32 (trtq.plugins): casting around them is not done
+        return {"dtype": "fp32", "reason": "codebook / log-activation plugin faces keep the graph float32"}
+    dtype, kept = cfg.resolved_high_precision, list(fallback.kept_float) if fallback is not None else []
+    fallback_dtype = cfg.resolved_fallback_dtype
+    if dtype != "fp32":
+        keep = {n: "sensitivity fallback in fp32 (--fallback-dtype fp32)" for n in kept} if fallback_dtype == "fp32" \
+            else {}
+        done = cast_high_precision(qmodel, dtype, keep=keep, keep_io=not cfg.high_precision_io)
+        return done.to_dict()
+    if kept and fallback_dtype != "fp32":
+        done = cast_high_precision(qmodel, fallback_dtype, nodes=kept, keep_io=not cfg.high_precision_io)
+        return {"fallback_only": True, **done.to_dict()}
+    return {"dtype": "fp32"}
 
 
 def _open_data(model: onnx.ModelProto, calib_data: Any, cfg: QuantConfig,
@@ -259,7 +279,8 @@ def _log_activations(model: onnx.ModelProto, plan: QuantPlan, batches: BatchStre
 
 
 def _plan(model: onnx.ModelProto, cfg: QuantConfig) -> QuantPlan:
-    plan = plan_quantization(model, cfg.precision, cfg.exclude, cfg.block_size)
+    plan = plan_quantization(model, cfg.precision, cfg.exclude, cfg.block_size,
+                             trt=cfg.target.trt_version if cfg.target is not None else None)
     if plan.empty:
         spec = TABLE[cfg.precision]
         ops = "/".join(spec.weighted_ops)
@@ -288,7 +309,8 @@ def _fallback(model: onnx.ModelProto, plan: QuantPlan, amax: dict[str, float], b
     result = sensitivity_fallback(model, plan, amax, batches, cfg.precision, opset=_opset(model),
                                   budget=cfg.fallback_budget, target_sqnr=cfg.target_sqnr,
                                   samples=cfg.fallback_samples, block_size=cfg.block_size,
-                                  importance=importance, progress=progress)
+                                  importance=importance, scale_type=cfg.resolved_high_precision,
+                                  progress=progress)
     if result.plan.empty:
         raise TrtqError(f"--target-sqnr {cfg.target_sqnr:g} is not reached with any of the {layers} layers "
                         f"quantized (all quantized: {result.baseline_sqnr_db:.1f} dB): nothing would be quantized.",
@@ -420,11 +442,17 @@ def _prepare(model: onnx.ModelProto, cfg: QuantConfig) -> tuple[onnx.ModelProto,
             used.add(name)
     own = _opset(model)
     need = WEIGHT_FORMAT_TABLE[cfg.weight_format].min_opset if cfg.codebook_weights else TABLE[cfg.precision].min_opset
-    if cfg.opset is not None and cfg.opset < max(own, need):
-        why = f"the model's opset {own}" if own > need else f"the opset {cfg.precision.upper()} needs ({need})"
+    half = FLOATS[cfg.resolved_high_precision].scale_opset  # Q/DQ scales in the high precision
+    if cfg.opset is not None and cfg.opset < max(own, need, half):
+        if own >= max(need, half):
+            why = f"the model's opset {own}"
+        elif need >= half:
+            why = f"the opset {cfg.precision.upper()} needs ({need})"
+        else:
+            why = f"the opset of {cfg.resolved_high_precision} Q/DQ scales ({half}, --high-precision)"
         raise TrtqError(f"--opset {cfg.opset} is below {why}; trtq never lowers an opset.",
-                        f"drop --opset, or pass {max(own, need)} or higher.")
-    target = max(cfg.opset or 0, need, own)
+                        f"drop --opset, or pass {max(own, need, half)} or higher (or --high-precision fp32).")
+    target = max(cfg.opset or 0, need, half, own)
     if target != _opset(model):
         model = _convert_opset(model, target)
     model, folded = fold_weight_subgraphs(model)

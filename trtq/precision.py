@@ -39,6 +39,11 @@ CodebookDequantize plugin):
 Log activation quantizers (`--act-quant M`, `LOG_STEPS`): log2 (step a = 1), logsqrt2 (a = 1/2),
 adalog (a = q/37 searched); x̂ = s·2^(−a·q) − c, trtq.plugins' LogFakeQuantize.
 
+The floating point types of what stays unquantized (`--high-precision`, trtq.exporter.high_precision)
+are the `FLOATS` table: ONNX type, numpy type, largest finite value, smallest normal and subnormal.
+A Q/DQ whose scale is fp16 / bf16 needs opset 19 (`scale_opset`); INT4 weight-only with fp16 scales
+(TensorRT's W4A16) is `int4` with its DequantizeLinear in an fp16 region.
+
 Also here: `opset_of`, the one reader of a model's default-domain opset.
 """
 
@@ -55,8 +60,8 @@ from trtq.errors import TrtqError
 from trtq.targets import TARGETS
 
 __all__ = [
-    "DEFAULT_BLOCK_SIZE", "LOG_STEPS", "PRECISIONS", "TABLE", "WEIGHTED_OPS", "WEIGHT_FORMAT_TABLE", "Precision",
-    "WeightFormat", "get_precision", "opset_of",
+    "DEFAULT_BLOCK_SIZE", "FLOATS", "LOG_STEPS", "PRECISIONS", "TABLE", "WEIGHTED_OPS", "WEIGHT_FORMAT_TABLE",
+    "FloatType", "Precision", "WeightFormat", "get_precision", "opset_of",
 ]
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the ops whose inputs TensorRT quantizes
@@ -183,6 +188,42 @@ WEIGHT_FORMAT_TABLE: dict[str, WeightFormat] = {
 }
 # log activation quantizers: method -> step a (log2 of the ratio of neighbouring levels); None: searched
 LOG_STEPS: dict[str, float | None] = {"log2": 1.0, "logsqrt2": 0.5, "adalog": None}
+
+
+@dataclass(frozen=True)
+class FloatType:
+    """A floating point type unquantized layers can run in.
+
+    Attributes:
+        name: the `--high-precision` value.
+        onnx_type: `onnx.TensorProto.*`.
+        dtype: the numpy dtype (ml_dtypes.bfloat16 for bf16).
+        max: the largest finite value (casts beyond it saturate to it, not to inf).
+        tiny: the smallest normal value (a Q/DQ scale below it loses precision).
+        smallest: the smallest subnormal value (a non-zero below it rounds to 0).
+        scale_opset: the first opset whose QuantizeLinear / DequantizeLinear take scales of this type.
+    """
+
+    name: str
+    onnx_type: int
+    dtype: np.dtype
+    max: float
+    tiny: float
+    smallest: float
+    scale_opset: int
+
+
+def _float_type(name: str, onnx_type: int, dtype: type, scale_opset: int) -> FloatType:
+    info = ml_dtypes.finfo(dtype)
+    return FloatType(name, onnx_type, np.dtype(dtype), float(info.max), float(info.tiny),
+                     float(info.smallest_subnormal), scale_opset)
+
+
+FLOATS: dict[str, FloatType] = {
+    "fp16": _float_type("fp16", TensorProto.FLOAT16, np.float16, 19),
+    "bf16": _float_type("bf16", TensorProto.BFLOAT16, ml_dtypes.bfloat16, 19),
+    "fp32": _float_type("fp32", TensorProto.FLOAT, np.float32, 10),
+}
 
 
 def get_precision(name: str) -> Precision:

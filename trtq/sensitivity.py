@@ -32,18 +32,17 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 from tqdm.auto import tqdm
 
 from trtq._ort import make_session
-from trtq._shapes import tensor_types
 from trtq.calibrators.data import Batch, model_inputs
 from trtq.errors import TrtqError
-from trtq.metrics import ErrorSums, finite_pair
 from trtq.exporter.macs import count_macs
 from trtq.exporter.placement import QuantPlan, WeightSlot
 from trtq.exporter.qdq import insert_qdq
 from trtq.exporter.weights import QuantizedWeight
+from trtq.metrics import ErrorSums, finite_pair
 from trtq.precision import DEFAULT_BLOCK_SIZE
 
 __all__ = [
@@ -52,7 +51,6 @@ __all__ = [
     "FallbackResult",
     "FallbackStep",
     "UnitSensitivity",
-    "cast_to_fp16",
     "sensitivity_fallback",
     "unit_owners",
     "without_units",
@@ -193,6 +191,7 @@ def sensitivity_fallback(
     max_trials: int = DEFAULT_MAX_TRIALS,
     block_size: int = DEFAULT_BLOCK_SIZE,
     importance: Mapping[str, np.ndarray] | None = None,
+    scale_type: str = "fp32",
     progress: bool = True,
 ) -> FallbackResult:
     """Measure each unit's sensitivity and choose the units to keep in floating point.
@@ -212,6 +211,7 @@ def sensitivity_fallback(
         samples: calibration samples to measure on.
         max_trials: at most this many fallback steps (each one a measured graph) for `target_sqnr`.
         block_size, importance: as given to `insert_qdq` (INT4).
+        scale_type: as given to `insert_qdq` (the float type scales are stored in).
         progress: show progress bars.
 
     Returns:
@@ -225,7 +225,7 @@ def sensitivity_fallback(
     owners = unit_owners(model, plan)
     weights: dict[WeightSlot, QuantizedWeight] = {}
     gated, gates = _gated_model(model, plan, activation_amax, precision, owners, block_size=block_size,
-                                opset=opset, importance=importance, quantized=weights)
+                                opset=opset, importance=importance, quantized=weights, scale_type=scale_type)
     subset = _subset(batches, samples, _dynamic_batch(model))
     scorer = _Scorer(gated, gates, subset)
     macs = count_macs(model, {k: v[:1] for k, v in subset[0].items()})
@@ -323,11 +323,11 @@ def _unit_tensors(plan: QuantPlan, owners: Mapping[str, str]) -> dict[str, list[
 def _gated_model(model: onnx.ModelProto, plan: QuantPlan, amax: Mapping[str, float], precision: str,
                  owners: Mapping[str, str], *, block_size: int, opset: int,
                  importance: Mapping[str, np.ndarray] | None,
-                 quantized: dict[WeightSlot, QuantizedWeight],
+                 quantized: dict[WeightSlot, QuantizedWeight], scale_type: str = "fp32",
                  ) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The QDQ graph with every planned input behind `Where(gate_unit, dequantized, original)`."""
     qmodel, _ = insert_qdq(model, plan, amax, precision, block_size=block_size, opset=opset,
-                           importance=importance, quantized=quantized)
+                           importance=importance, quantized=quantized, scale_type=scale_type)
     gates = {u: f"{_GATE}{i}" for i, u in enumerate(dict.fromkeys(owners.values()))}
     originals = {n.name: list(n.input) for n in model.graph.node}
     consumers = [c for cs in [*plan.activations.values(), *plan.weights.values()] for c in cs]
@@ -515,68 +515,3 @@ def _fall_back(scorer: _Scorer, ranking: list[str], baseline: float, budget: int
     return steps
 
 
-# --- FP16 fallback ------------------------------------------------------------------------------
-
-
-def cast_to_fp16(model: onnx.ModelProto, nodes: Iterable[str]) -> onnx.ModelProto:
-    """Run `nodes` in float16: Cast their float inputs, store their float weights as float16, Cast back.
-
-    TensorRT 11 builds strongly typed networks, where a layer's precision is its ONNX tensor types,
-    so an FP32 op in the ONNX runs in FP32; this puts the FP16 in the graph. A fallback node that
-    reads another fallback node's output reads its float16 tensor directly. In place; returns `model`.
-    """
-    wanted = set(nodes)
-    g = model.graph
-    inits = {i.name: i for i in g.initializer}
-    activations = [t for n in g.node if n.name in wanted for t in n.input if t and t not in inits]
-    types = tensor_types(model, activations)
-    half: dict[str, str] = {}
-    order: list[onnx.NodeProto] = []
-    for node in g.node:
-        if node.name in wanted:
-            for i, name in enumerate(node.input):
-                if name and types.get(name) in (None, TensorProto.UNDEFINED, TensorProto.FLOAT):
-                    node.input[i] = half.get(name) or _half_twin(name, inits, g, order, half)
-            order.append(node)
-            order.extend(_cast_outputs_back(node, half))
-        else:
-            order.append(node)
-    del g.node[:]
-    g.node.extend(order)
-    _drop_unread(g, set(half))
-    return model
-
-
-def _half_twin(name: str, inits: Mapping[str, onnx.TensorProto], g: onnx.GraphProto,
-               order: list[onnx.NodeProto], half: dict[str, str]) -> str:
-    twin = f"{name}_fp16"
-    if name in inits:
-        finite = float(np.finfo(np.float16).max)  # saturate rather than overflow to inf
-        values = np.clip(numpy_helper.to_array(inits[name]), -finite, finite).astype(np.float16)
-        g.initializer.append(numpy_helper.from_array(values, twin))
-    else:
-        order.append(helper.make_node("Cast", [name], [twin], name=f"{name}_to_fp16", to=TensorProto.FLOAT16))
-    half[name] = twin
-    return twin
-
-
-def _cast_outputs_back(node: onnx.NodeProto, half: dict[str, str]) -> list[onnx.NodeProto]:
-    casts = []
-    for i, out in enumerate(node.output):
-        twin = f"{out}_fp16"
-        node.output[i] = twin
-        half[out] = twin
-        casts.append(helper.make_node("Cast", [twin], [out], name=f"{out}_to_fp32", to=TensorProto.FLOAT))
-    return casts
-
-
-def _drop_unread(g: onnx.GraphProto, candidates: set[str]) -> None:
-    """Remove the FP32 initializers and back-Casts that nothing reads any more."""
-    read = {t for n in g.node for t in n.input} | {o.name for o in g.output}
-    dead = [n for n in g.node if n.op_type == "Cast" and n.output[0] in candidates - read]
-    for n in dead:
-        g.node.remove(n)
-    read = {t for n in g.node for t in n.input} | {o.name for o in g.output}
-    unused = [i for i in g.initializer if i.name in candidates and i.name not in read]
-    for i in unused:
-        g.initializer.remove(i)

@@ -47,6 +47,8 @@ class TrtRelease:
             or 'always' (the only mode: every tensor keeps the ONNX type).
         implicit_int8: implicit INT8 (builder flag INT8 + calibrator or calibration cache) still exists.
         dla: DLA engines can be built (on the devices that have a DLA).
+        int4_even: what the ONNX parser requires of an INT4 (4-bit) Q/DQ tensor: 'last-dim' (an even last
+            dimension) or 'elements' (an even element count).
     """
 
     version: str
@@ -54,6 +56,7 @@ class TrtRelease:
     strongly_typed: str
     implicit_int8: bool
     dla: bool
+    int4_even: str = "elements"
 
 
 # The versions trtq checks and builds for: the three whose Python bindings trtq's API tests read.
@@ -64,13 +67,18 @@ TRT_RELEASES: dict[str, TrtRelease] = {
     # strong typing opt-in, present in 10.3.0 (anchors §2.2); implicit quantization deprecated in 10.1,
     # removed in 11.0 (anchors §5 item 7); DLA until 10.7 ("TensorRT 10.7 was the last release that
     # supported DLA", TensorRT 11.4.1 Jetson migration page, anchors §4).
-    "10.3": TrtRelease("10.3", (9, 20), "flag", True, True),
+    # INT4: onnx-tensorrt 10.1 onnxOpImporters.cpp QDQ importer: "INT4 requires an even last-dimension due to
+    # packing restrictions" ("Quantization to INT4 is not supported for tensors with an odd last dimension");
+    # taken as 10.3's rule (the conservative reading: the element-count check arrived with FP4, 10.8).
+    "10.3": TrtRelease("10.3", (9, 20), "flag", True, True, "last-dim"),
     # operators.md at 10.15: "inclusive range of opset 9 to opset 24"; no DLA after 10.7 (anchors §4).
-    "10.16": TrtRelease("10.16", (9, 24), "flag", True, False),
+    # INT4/FP4: the newer importer checks volume(inputDims) % 2 == 0 ("4-bit quantization requies an even
+    # number of elements", onnx-tensorrt onnxOpImporters.cpp with kFP4, i.e. >= 10.8).
+    "10.16": TrtRelease("10.16", (9, 24), "flag", True, False, "elements"),
     # TensorRT 11: kSTRONGLY_TYPED "Deprecated in TensorRT 11.0. Strongly typed mode is always enabled."
     # (NvInfer.h, anchors §2.2); the 11.x parser takes opsets up to 25 (issue 11's read of the parser);
     # DLA restored in 11.4.1 on AGX Orin with JetPack 7.2.2+ only (anchors §4).
-    "11": TrtRelease("11", (9, 25), "always", False, True),
+    "11": TrtRelease("11", (9, 25), "always", False, True, "elements"),
 }
 
 

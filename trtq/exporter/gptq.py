@@ -59,7 +59,7 @@ import numpy as np
 
 from trtq.errors import TrtqError
 from trtq.exporter.weights import QuantizedWeight, quantize_int4_blockwise
-from trtq.precision import TABLE
+from trtq.precision import TABLE, FloatType
 
 __all__ = ["GptqOptions", "gptq_int4_blockwise", "gptq_round", "proxy_error"]
 
@@ -88,7 +88,7 @@ def proxy_error(delta: np.ndarray, hessian: np.ndarray) -> float:
 
 
 def gptq_int4_blockwise(w: np.ndarray, block_axis: int, block_size: int, hessian: np.ndarray,
-                        options: GptqOptions = GptqOptions()) -> QuantizedWeight:
+                        options: GptqOptions = GptqOptions(), scale_type: FloatType | None = None) -> QuantizedWeight:
     """Block-wise symmetric INT4 of a 2-D weight, rounded by GPTQ against the input's `hessian`.
 
     Args:
@@ -97,13 +97,14 @@ def gptq_int4_blockwise(w: np.ndarray, block_axis: int, block_size: int, hessian
         block_size: the block length B (divides K).
         hessian: H = (2/n)·Σ x·xᵀ of the layer's input (K × K).
         options: damping, act-order, lazy batch size.
+        scale_type: the float type the scales are stored in (`weights.representable_scale`).
 
     Returns:
         The `QuantizedWeight` `quantize_int4_blockwise` would return (same scales and layout), with
         GPTQ's rounding and, in `info`, the damping used and both proxy errors.
     """
     h = np.asarray(hessian, np.float64)
-    rtn = quantize_int4_blockwise(w, block_axis, block_size, importance=np.diag(h).copy())
+    rtn = quantize_int4_blockwise(w, block_axis, block_size, importance=np.diag(h).copy(), scale_type=scale_type)
     wt = w.astype(np.float64).T if block_axis == 1 else w.astype(np.float64)
     scale = (rtn.scale.T if block_axis == 1 else rtn.scale).astype(np.float64)  # [K/B, N]
     row_scale = np.repeat(scale, block_size, axis=0)  # [K, N]

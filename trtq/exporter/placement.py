@@ -12,11 +12,15 @@ Rules (shared/reference/anchors-trt-modelopt.md §2.3; DESIGN.md "TensorRT rules
 - Nothing is inserted between Conv and its activation, on the attention mask Add, or on Softmax's
   input: only weighted-op inputs and conv residuals get Q/DQ, so those fusions stay intact.
 - INT4 is weight-only: constant MatMul/Gemm weights, block-wise along the reduction axis K, when K is
-  a multiple of the block size.
+  a multiple of the block size, and when the weight has what the TensorRT version's ONNX parser needs of
+  a 4-bit tensor (`trtq.targets.TrtRelease.int4_even`: 10.3 an even last dimension, e.g. not a
+  [128, 11] MatMul weight; later versions an even element count; no version given: the 10.3 rule).
 - FP8 leaves convolutions with at most 16 input or output channels per group (depthwise convs among
   them) or a kernel volume over 32 in floating point: TensorRT has no FP8 tactic that pays for them
   (the same limits ModelOpt applies, anchors-trt-modelopt.md §1.2), and their few-term dot products
-  lose the most to E4M3's 3-bit mantissa.
+  lose the most to E4M3's 3-bit mantissa. FP8 also leaves ConvTranspose and grouped convolutions
+  (group > 1, any channel count) in floating point: NVIDIA documents no FP8 kernels for them (issue 11's
+  reading of the TensorRT docs); they run in the high precision (FP16 under `--high-precision fp16`).
 A tensor feeding several quantized consumers gets one shared Q/DQ (one scale), as TensorRT expects.
 """
 
@@ -31,6 +35,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from trtq.precision import DEFAULT_BLOCK_SIZE, TABLE, WEIGHTED_OPS, Precision
+from trtq.targets import TRT_RELEASES
 
 __all__ = ["ROTATION_MARKER", "QuantPlan", "WeightSlot", "node_names", "plan_quantization"]
 
@@ -73,8 +78,9 @@ class QuantPlan:
 
 
 def plan_quantization(model: onnx.ModelProto, precision: str, exclude: Sequence[str] = (),
-                      block_size: int = DEFAULT_BLOCK_SIZE) -> QuantPlan:
-    """Decide every Q/DQ of `model` for `precision` (a `trtq.precision.PRECISIONS` name) under TensorRT's rules."""
+                      block_size: int = DEFAULT_BLOCK_SIZE, trt: str | None = None) -> QuantPlan:
+    """Decide every Q/DQ of `model` for `precision` (a `trtq.precision.PRECISIONS` name) under TensorRT's rules
+    (those of TensorRT version `trt`, or of every version when None)."""
     spec = TABLE[precision]
     graph = gs.import_onnx(model)
     patterns = [re.compile(p) for p in exclude]
@@ -95,7 +101,9 @@ def plan_quantization(model: onnx.ModelProto, precision: str, exclude: Sequence[
         if reason:
             plan.skipped.append({"node": name, "op": node.op, "reason": reason})
             continue
-        planned = _plan_block(node, name, block_size, spec, plan) if spec.blockwise else _plan_weighted(node, name, plan)
+        even = TRT_RELEASES[trt].int4_even if trt is not None else "last-dim"
+        planned = _plan_block(node, name, block_size, spec, plan, even) if spec.blockwise \
+            else _plan_weighted(node, name, plan)
         if planned:
             plan.quantized_nodes.append(name)
     if spec.activations:
@@ -154,8 +162,13 @@ def _small_conv_skip_reason(node: gs.Node, spec: Precision) -> str | None:
     group = int(node.attrs.get("group", 1))
     c_out, c_in = (shape[0], shape[1]) if node.op == "Conv" else (shape[1] * group, shape[0] // group)
     per_group = (c_in, c_out // group)
+    if node.op == "ConvTranspose":
+        return f"{spec.name.upper()} ConvTranspose: NVIDIA documents no {spec.name.upper()} deconvolution kernel"
     if min(per_group) <= 16:
         return f"{spec.name.upper()} conv with {per_group[0]} input / {per_group[1]} output channels per group (<= 16)"
+    if group > 1:
+        return (f"{spec.name.upper()} grouped conv (group {group}, {per_group[0]} channels per group > 16): "
+                f"NVIDIA documents no {spec.name.upper()} grouped-convolution kernel")
     volume = int(np.prod(shape[2:]))
     if volume > 32:
         return f"{spec.name.upper()} conv with kernel volume {volume} (> 32)"
@@ -179,7 +192,8 @@ def _plan_weighted(node: gs.Node, name: str, plan: QuantPlan) -> bool:
     return planned
 
 
-def _plan_block(node: gs.Node, name: str, block_size: int, spec: Precision, plan: QuantPlan) -> bool:
+def _plan_block(node: gs.Node, name: str, block_size: int, spec: Precision, plan: QuantPlan,
+                even: str = "last-dim") -> bool:
     """Block-wise weight-only quantization (INT4) of `node`'s constant 2-D weight."""
     if node.op not in spec.weighted_ops:
         plan.skipped.append({"node": name, "op": node.op,
@@ -196,6 +210,13 @@ def _plan_block(node: gs.Node, name: str, block_size: int, spec: Precision, plan
     if k % block_size:
         plan.skipped.append({"node": name, "op": node.op,
                              "reason": f"reduction size {k} is not a multiple of block size {block_size}"})
+        return False
+    shape = const.values.shape
+    need, size = ("last dimension", shape[-1]) if even == "last-dim" else ("element count", int(np.prod(shape)))
+    if size % 2:
+        plan.skipped.append({"node": name, "op": node.op,
+                             "reason": f"odd {need} {size} of the {list(shape)} weight: TensorRT's ONNX parser "
+                                       f"packs 4-bit tensors in pairs and needs an even {need}"})
         return False
     slot = WeightSlot(node.inputs[index].name, 1 - k_axis, block_axis=k_axis)
     plan.weights.setdefault(slot, []).append((name, index))

@@ -23,8 +23,13 @@ import onnx_graphsurgeon as gs
 
 from trtq.exporter.gptq import gptq_int4_blockwise
 from trtq.exporter.placement import QuantPlan, WeightSlot
-from trtq.exporter.weights import QuantizedWeight, quantize_int4_blockwise, quantize_per_channel
-from trtq.precision import DEFAULT_BLOCK_SIZE, TABLE
+from trtq.exporter.weights import (
+    QuantizedWeight,
+    quantize_int4_blockwise,
+    quantize_per_channel,
+    representable_scale,
+)
+from trtq.precision import DEFAULT_BLOCK_SIZE, FLOATS, TABLE, FloatType
 
 __all__ = ["insert_qdq"]
 
@@ -39,6 +44,7 @@ def insert_qdq(
     opset: int,
     importance: Mapping[str, np.ndarray] | None = None,
     quantized: dict[WeightSlot, QuantizedWeight] | None = None,
+    scale_type: str = "fp32",
 ) -> tuple[onnx.ModelProto, dict[str, dict[str, Any]]]:
     """Return the QDQ model and, per quantized tensor, the numbers chosen for it.
 
@@ -49,7 +55,11 @@ def insert_qdq(
     `quantized` memoizes the quantized weights by slot, read where present and filled otherwise, for
     calls on the same model with the same precision, block size and importance (sensitivity fallback
     quantizes every weight of the plan, then the final graph a subset: GPTQ runs once per weight).
+
+    `scale_type` (fp32 | fp16 | bf16): every scale is chosen representable in that type, before the codes
+    are rounded, for graphs whose Q/DQ end up in that type (trtq.exporter.high_precision).
     """
+    floats = FLOATS[scale_type]
     importance = importance or {}
     quantized = {} if quantized is None else quantized
     graph = gs.import_onnx(model)
@@ -60,7 +70,7 @@ def insert_qdq(
     int4: dict[str, np.ndarray] = {}
     for name, consumers in sorted(plan.activations.items()):
         amax = float(activation_amax[name])
-        dq = _activation_qdq(graph, tensors[name], amax, precision, fresh)
+        dq = _activation_qdq(graph, tensors[name], amax, precision, fresh, floats)
         for node_name, index in consumers:
             nodes[node_name].inputs[index] = dq
         report[name] = {"kind": "activation", "amax": amax, "scale": float(dq.inputs[0].inputs[1].values),
@@ -68,7 +78,7 @@ def insert_qdq(
     for slot, consumers in sorted(plan.weights.items(), key=lambda kv: (kv[0].tensor, kv[0].axis)):
         weight = _constant_values(tensors[slot.tensor])
         qw = quantized.get(slot) or _quantize_weight(weight, slot, precision, block_size,
-                                                      importance.get(slot.tensor))
+                                                      importance.get(slot.tensor), floats)
         quantized[slot] = qw
         dq = _weight_dq(graph, slot, qw, block_size, fresh)
         if qw.values.dtype == ml_dtypes.int4:
@@ -99,12 +109,13 @@ class _Namer:
         return candidate
 
 
-def _activation_qdq(graph: gs.Graph, x: gs.Tensor, amax: float, precision: str, fresh: _Namer) -> gs.Variable:
+def _activation_qdq(graph: gs.Graph, x: gs.Tensor, amax: float, precision: str, fresh: _Namer,
+                    scale_type: FloatType) -> gs.Variable:
     spec = TABLE[precision]
     value = np.float32(amax / spec.qmax)
     if not (np.isfinite(value) and value >= np.finfo(np.float32).tiny):  # subnormal: TensorRT cannot invert it
         raise ValueError(f"activation {x.name!r}: amax {amax!r} gives no positive normal float32 scale")
-    scale = gs.Constant(fresh(f"{x.name}_scale"), np.asarray(value, dtype=np.float32))
+    scale = gs.Constant(fresh(f"{x.name}_scale"), representable_scale(value, scale_type))
     zero_point = spec.zero_point()
     if zero_point.dtype == np.dtype(ml_dtypes.float8_e4m3fn):
         # one-element 1-D: ONNX Runtime's Clip->QuantizeLinear fusion (on by default) rejects a scalar FP8
@@ -127,12 +138,12 @@ def _constant_values(tensor: gs.Tensor) -> np.ndarray:
 
 
 def _quantize_weight(w: np.ndarray, slot: WeightSlot, precision: str, block_size: int,
-                     importance: np.ndarray | None) -> QuantizedWeight:
+                     importance: np.ndarray | None, scale_type: FloatType) -> QuantizedWeight:
     if TABLE[precision].blockwise and importance is not None and np.ndim(importance) == 2:
-        return gptq_int4_blockwise(w, slot.block_axis or 0, block_size, importance)
+        return gptq_int4_blockwise(w, slot.block_axis or 0, block_size, importance, scale_type=scale_type)
     if TABLE[precision].blockwise:
-        return quantize_int4_blockwise(w, slot.block_axis or 0, block_size, importance)
-    return quantize_per_channel(w, None if slot.axis < 0 else slot.axis, precision)
+        return quantize_int4_blockwise(w, slot.block_axis or 0, block_size, importance, scale_type)
+    return quantize_per_channel(w, None if slot.axis < 0 else slot.axis, precision, scale_type)
 
 
 def _weight_dq(graph: gs.Graph, slot: WeightSlot, qw: QuantizedWeight, block_size: int,

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from trtq.precision import TABLE
+from trtq.precision import TABLE, FloatType
 
-__all__ = ["INT4_CLIP_GRID", "QuantizedWeight", "quantize_int4_blockwise", "quantize_per_channel"]
+__all__ = ["INT4_CLIP_GRID", "QuantizedWeight", "quantize_int4_blockwise", "quantize_per_channel", "representable_scale"]
 
 _TINY = np.finfo(np.float32).tiny
 _INT4 = TABLE["int4"]
@@ -40,6 +40,15 @@ class QuantizedWeight:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def representable_scale(scale: np.ndarray, scale_type: FloatType | None) -> np.ndarray:
+    """`scale` as float32 holding values of `scale_type` (the type the graph stores scales in): at least its
+    smallest normal, rounded to it. None or fp32: float32 as it is."""
+    if scale_type is None or scale_type.name == "fp32":
+        return np.asarray(scale, np.float32)
+    floor = np.maximum(np.asarray(scale, np.float64), scale_type.tiny)
+    return np.asarray(np.maximum(floor.astype(scale_type.dtype).astype(np.float32), np.float32(scale_type.tiny)))
+
+
 def _channel_amax(w: np.ndarray, axis: int | None) -> np.ndarray:
     if axis is None:
         return np.asarray(np.abs(w).max(), dtype=np.float64)
@@ -55,23 +64,27 @@ def _broadcast(v: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
     return v.reshape(shape)
 
 
-def quantize_per_channel(w: np.ndarray, axis: int | None, precision: str) -> QuantizedWeight:
-    """Symmetric per-channel (axis) or per-tensor (axis None) INT8 / FP8 quantization of `w`."""
+def quantize_per_channel(w: np.ndarray, axis: int | None, precision: str,
+                         scale_type: FloatType | None = None) -> QuantizedWeight:
+    """Symmetric per-channel (axis) or per-tensor (axis None) INT8 / FP8 quantization of `w`, with scales
+    representable in `scale_type` (`representable_scale`)."""
     w64 = w.astype(np.float64)
     amax = _channel_amax(w64, axis)
     spec = TABLE[precision]
-    scale = np.maximum(amax / spec.qmax, _TINY).astype(np.float32)
+    scale = representable_scale(np.maximum(amax / spec.qmax, _TINY), scale_type)
     scaled = w64 / _broadcast(scale.astype(np.float64), w.ndim, axis)
     return QuantizedWeight(spec.quantize(scaled), scale, amax)
 
 
 def quantize_int4_blockwise(w: np.ndarray, block_axis: int, block_size: int,
-                            importance: np.ndarray | None = None) -> QuantizedWeight:
+                            importance: np.ndarray | None = None,
+                            scale_type: FloatType | None = None) -> QuantizedWeight:
     """Block-wise symmetric INT4 of a 2-D weight along `block_axis`, with per-block MSE clipping.
 
     Returns values shaped like `w` (ml_dtypes.int4) and scales shaped like `w` with the blocked
     axis divided by `block_size`, as ONNX DequantizeLinear (opset 21, `block_size`) expects.
-    `importance` (length K, optional) weights each input channel's squared error.
+    `importance` (length K, optional) weights each input channel's squared error. The scales are
+    representable in `scale_type` (fp16: TensorRT's W4A16 form, FP16 scales) before the codes are rounded.
     """
     wt = w.astype(np.float64)
     if block_axis == 1:
@@ -90,7 +103,7 @@ def quantize_int4_blockwise(w: np.ndarray, block_axis: int, block_size: int,
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best_ratio = np.where(better, ratio, best_ratio)
-    scale = np.maximum(amax * best_ratio / _INT4.qmax, _TINY).astype(np.float32)
+    scale = representable_scale(np.maximum(amax * best_ratio / _INT4.qmax, _TINY), scale_type)
     q = np.clip(np.rint(blocks / scale.astype(np.float64)[:, None, :]), _INT4.qmin, _INT4.qmax).reshape(k, n)
     if block_axis == 1:
         q, scale, amax, best_ratio = q.T, scale.T, amax.T, best_ratio.T

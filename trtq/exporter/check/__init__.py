@@ -20,18 +20,22 @@ fp8-format              error    FP8 other than FLOAT8E4M3FN (E5M2, *FNUZ)      
 scale-constant          error    a scale that is not a build-time constant        Quantize.html
 scale-value             error    a scale value <= 0, subnormal, inf or nan        NvInfer.h
 scale-dtype             error    a scale not float32/fp16/bf16; fp16/bf16 not     NvInfer.h strong typing
-                                 matching the Q input
+                                 matching the Q input; up to 10.12 (and with no   (10.3 header: a Q's input
+                                 --trt) any scale type not matching it            and scale types match)
 per-channel-activation  error    per-channel scales not on a constant             NvInfer.h
-block-quant             error    block scales on an activation; FP8/FP4/INT8      Quantize.html; NvInfer.h
-                                 blocks before TensorRT 11 (10.x: INT4 only)
+block-quant             error    block scales on an activation; FP8/FP4 blocks    Quantize.html; NvInfer.h
+                                 before 10.13, INT8 blocks before 11; INT4        at 10.3, 10.13, 11.1
+                                 blocks of non-2-D tensors up to 10.6; from 10.13
+                                 a blocked axis not last or second to last
 int4-activation         error    INT4 on an activation (INT4 is weight-only)      quantized-types doc
-int4-odd-dim            error    an INT4 tensor with an odd last dimension        parser (INT4 packing)
+int4-odd-dim            error    a 4-bit tensor with an odd last dimension        parser: 10.1 QDQ importer;
+                                 (10.3, no --trt) / odd element count (10.16+)    >= 10.8 volume % 2
 conv-precision          error    Conv/ConvTranspose input not INT8/FP8            ModelOpt torch_onnx
 qdq-opset               error    opset below a Q/DQ feature's: axis 13, FP8 19,   ONNX spec; ModelOpt
                                  fp16 scales 19, INT4 21, block_size 21, FP4 23
 target-precision        error    FP8/FP4/INT4 on a target that lacks it           anchors 4; TARGETS
-opset-range             error    opset outside the parser's (10.3: 9-20; 10.16    operators.md
-                        warning  and 11: 9-24); warning: opset 21 forced by INT4
+opset-range             error    opset outside the parser's (10.3: 9-20; 10.16:   operators.md; 11.x
+                        warning  9-24; 11: 9-25); warning: opset 21 by INT4       parser (issue 11)
 dynamic-quantize        error    a DynamicQuantizeLinear node                     operators.md
 q-consumer              error    a Q output read by anything but a DQ             operators.md
 dq-input                error    a DQ reading neither a Q nor a constant          operators.md
@@ -48,9 +52,19 @@ mha-int8-placement      info     INT8 attention lacking Q/DQ before BMM1, after 
 small-gemm              info     quantized MatMul/Gemm with K or N < 16           ModelOpt
 small-conv              info     quantized Conv with < 16 channels (FP8 <= 16),   ModelOpt convs_to_exclude
                                  ModelOpt's exceptions (depthwise, first layer)
-fp32-region             info     float32 compute outside Q/DQ, no fp16 Cast       strong typing
-target-trt              warning  orin + TensorRT 11 (AGX Orin, JetPack 7.2.2+)    anchors 4
-                        error    thor + TensorRT 10.3 (JetPack 6 is Orin-only)
+fp32-region             info     float32 compute outside Q/DQ (not what           NvInfer.h kSTRONGLY_TYPED;
+                        warning  --high-precision keeps FP32 on purpose);         anchors 2.2
+                                 a warning on TensorRT 11 (only strong typing)
+int4-fp32               warning  an INT4 DQ whose output is float32: FP32 GEMM    TensorRT / ModelOpt INT4
+                                 on dequantized weights, not the W4A16 kernel     form (issue 11)
+strongly-typed          info     10.x (or no --trt): FP8 / INT4 / FP4 / fp16 /    anchors 2.2; trtexec 10.3
+                                 bf16 graphs need --stronglyTyped                 --stronglyTyped
+target-trt              warning  orin + TensorRT 11 (AGX Orin, JetPack 7.2.2+)    anchors 4; trtq.targets
+                        error    thor + TensorRT 10.3 (JetPack 6 is Orin-only)    JETPACKS
+fp8-conv                warning  FP8 Q/DQ on a ConvTranspose or a grouped conv    issue 11 (no FP8 kernels
+                                 with > 16 channels per group                     documented by NVIDIA)
+orin-int8-attention     warning  orin, TensorRT 10.3: INT8 Q/DQ on attention      NVIDIA/TensorRT#4167
+                                 MatMuls; fix: --exclude of those MatMuls         (open); README figures
 nonuniform-face         warning  codebook weights / log activations in their      trtq.plugins
                                  standard-ONNX face: folded to float weights,
                                  float ops in TensorRT (no memory saving)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from trtq.exporter.check.graph import DQ, MHA_CHAIN, Graph, Q, T
 from trtq.exporter.check.registry import Hit, rule
+from trtq.targets import trt_at_least
 
 __all__: list[str] = []  # the module's rules register themselves in registry.REGISTRY
 
@@ -111,3 +113,29 @@ def _mha_shape_hits(g: Graph, bmm1: int) -> Iterator[Hit]:
         message = f"INT8 attention at '{g.name(bmm1)}' has {', '.join(problems)}; TensorRT will not fuse it."
         fix = "leave this attention's BMMs unquantized (fp16 fused MHA), or use FP8 on a target that has it."
         yield Hit(bmm1, message, fix)
+
+
+@rule("orin-int8-attention", "warning", "Orin / TensorRT 10.3: INT8 attention gets no fused attention kernel")
+def _orin_int8_attention(g: Graph) -> Iterator[Hit]:
+    if g.target is None or g.target.name != "orin" or trt_at_least(g.trt, "10.16"):
+        return
+    bmms: list[int] = []
+    for s in g.nodes_of("Softmax"):
+        bmm1, _ = _softmax_chain(g, s)
+        bmm2 = _softmax_consumer_matmul(g, s)
+        for bmm in (bmm1, bmm2):
+            if bmm is not None and bmm not in bmms and any(
+                (d := g.dq_behind(t)) is not None and g.qinfo[d].qtype == T.INT8 for t in g.inputs(bmm, 0, 1)
+            ):
+                bmms.append(bmm)
+    if bmms:
+        names = [g.name(b) for b in bmms]
+        message = (
+            f"{len(bmms)} attention MatMul(s) run INT8 ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); "
+            f"TensorRT {g.trt or '10.3'} on Orin has no INT8 fused attention kernel (NVIDIA/TensorRT#4167, open): "
+            "attention runs unfused, often slower than FP16 fused attention."
+        )
+        pattern = "^(" + "|".join(re.escape(n) for n in names) + ")$"
+        fix = (f"quantize again with --exclude '{pattern}' (FP16 fused attention; fidelity on all-MiniLM-L6-v2 "
+               "in the README, section `trtq check`), or build with TensorRT 10.16+ (JetPack 7.2).")
+        yield Hit(bmms[0], message, fix)

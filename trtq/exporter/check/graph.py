@@ -17,7 +17,6 @@ from trtq.precision import TABLE, opset_of
 
 __all__ = [
     "ACTIVATIONS",
-    "BLOCK_ANY_TYPE_TRT",
     "COMMUTING",
     "CONVS",
     "CONV_TYPES",
@@ -109,7 +108,6 @@ SCALE_TYPES = frozenset({T.FLOAT, T.FLOAT16, T.BFLOAT16})
 HALF_TYPES = frozenset({T.FLOAT16, T.BFLOAT16})
 
 
-BLOCK_ANY_TYPE_TRT = ("11",)  # TensorRT 11: block quantization of FP8 / FP4 / INT8 too; 10.x: INT4 only
 
 
 STUB_ELEMENTS = 4096  # initializers larger than this reach shape inference as shape-only stubs

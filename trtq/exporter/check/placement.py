@@ -155,3 +155,20 @@ def _reaches_graph_input(g: Graph, tensor: str) -> bool:
             return False
         tensor = g.nodes[p].input[0]
     return False
+
+
+@rule("fp8-conv", "warning", "no FP8 on ConvTranspose or grouped convs (no FP8 kernels)")
+def _fp8_conv(g: Graph) -> Iterator[Hit]:
+    for i in g.nodes_of("ConvTranspose", "Conv"):
+        dqs = [g.dq_behind(t) for t in g.inputs(i, 0, 1)]
+        if not any(d is not None and g.qinfo[d].qtype == T.FLOAT8E4M3FN for d in dqs):
+            continue
+        group = attr(g.nodes[i], "group", 1)
+        if g.op(i) == "ConvTranspose":
+            what = "FP8 ConvTranspose"
+        elif group > 1 and (shape := g.shape(g.inputs(i, 1)[0])) and shape[1] is not None and shape[1] > 16:
+            what = f"FP8 grouped conv (group {group}, {shape[1]} channels per group)"
+        else:
+            continue
+        message = f"{what}: NVIDIA documents no FP8 kernel for it; TensorRT falls back to another precision or fails."
+        yield Hit(i, message, "leave it in floating point (trtq quantize --precision fp8 does: FP16 under --high-precision).")

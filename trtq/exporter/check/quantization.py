@@ -7,7 +7,6 @@ from collections.abc import Iterator
 import numpy as np
 
 from trtq.exporter.check.graph import (
-    BLOCK_ANY_TYPE_TRT,
     CONV_TYPES,
     CONVS,
     DQ,
@@ -17,9 +16,11 @@ from trtq.exporter.check.graph import (
     SCALE_TYPES,
     Graph,
     T,
+    attr,
     type_name,
 )
 from trtq.exporter.check.registry import Hit, rule
+from trtq.targets import TRT_RELEASES, trt_at_least
 
 __all__: list[str] = []  # the module's rules register themselves in registry.REGISTRY
 
@@ -109,8 +110,9 @@ def _scale_value(g: Graph) -> Iterator[Hit]:
             yield Hit(q.index, message, fix)
 
 
-@rule("scale-dtype", "error", "scales are float32 (fp16/bf16 only matching the input)")
+@rule("scale-dtype", "error", "scales are float32/fp16/bf16 and match the Q input (10.3: every type)")
 def _scale_dtype(g: Graph) -> Iterator[Hit]:
+    strict = not trt_at_least(g.trt, "10.13") or g.trt is None  # up to 10.12 every type must match
     for q in g.owners("scale"):
         scale_type = g.dtype(q.scale)
         if scale_type is None:
@@ -124,12 +126,16 @@ def _scale_dtype(g: Graph) -> Iterator[Hit]:
             yield Hit(q.index, message, "store the scale as float32.")
             continue
         input_type = g.dtype(q.data) if q.is_q else None
-        if scale_type in HALF_TYPES and input_type is not None and input_type != scale_type:
-            message = (
-                f"scale '{q.scale}' is {type_name(scale_type)} but the quantized input is "
-                f"{type_name(input_type)}; strongly typed TensorRT needs fp16/bf16 scales to match it."
-            )
-            yield Hit(q.index, message, "store the scale as float32, or cast the input to the scale's type.")
+        if input_type is None or input_type == scale_type or (scale_type not in HALF_TYPES and not strict):
+            continue
+        version = f"TensorRT {g.trt}" if g.trt else "TensorRT 10.3 (any version checked)"
+        rule_text = ("strongly typed TensorRT needs fp16/bf16 scales to match it" if scale_type in HALF_TYPES
+                     else f"up to 10.12 a strongly typed Q's input must have its scale's type ({version})")
+        message = (
+            f"scale '{q.scale}' is {type_name(scale_type)} but the quantized input is "
+            f"{type_name(input_type)}; {rule_text}."
+        )
+        yield Hit(q.index, message, "store the scale in the input's type (trtq quantize --high-precision does).")
 
 
 @rule("per-channel-activation", "error", "per-channel scales only on constant weights")
@@ -143,7 +149,7 @@ def _per_channel_activation(g: Graph) -> Iterator[Hit]:
             yield Hit(q.index, message, "quantize activations per tensor (one scalar scale).")
 
 
-@rule("block-quant", "error", "block quantization only on constants, INT4 (any type on TensorRT 11)")
+@rule("block-quant", "error", "block quantization: constants; FP8/FP4 from 10.13, INT8 on 11; INT4 2-D to 10.6")
 def _block_quant(g: Graph) -> Iterator[Hit]:
     for q in g.sites():
         if q.granularity != "block":
@@ -151,18 +157,27 @@ def _block_quant(g: Graph) -> Iterator[Hit]:
         if not q.on_constant and q.qtype != T.INT4:  # INT4 activations: int4-activation
             message = f"'{q.data}' is block-quantized but is not a constant; TensorRT blocks constants only."
             yield Hit(q.index, message, "quantize activations per tensor.")
-        if (
-            q.qtype in LEGAL
-            and q.qtype != T.INT4
-            and g.trt is not None
-            and g.trt not in BLOCK_ANY_TYPE_TRT
-        ):
+        first = {T.FLOAT8E4M3FN: "10.13", T.FLOAT4E2M1: "10.13", T.INT8: "11"}.get(q.qtype)
+        if q.qtype in LEGAL and first is not None and g.trt is not None and not trt_at_least(g.trt, first):
             message = (
-                f"block quantization to {type_name(q.qtype)}; TensorRT {g.trt} block-quantizes INT4 only "
-                "(FP8, FP4 and INT8 blocks need TensorRT 11)."
+                f"block quantization to {type_name(q.qtype)}; TensorRT {g.trt} block-quantizes it from {first} "
+                "(10.3: INT4 only)."
             )
-            fix = "use per-channel scales for INT8/FP8 weights, INT4 for block-wise weights, or --trt 11."
+            fix = f"use per-channel scales for INT8/FP8 weights, INT4 for block-wise weights, or --trt {first} or newer."
             yield Hit(q.index, message, fix)
+        shape = g.shape(q.data)
+        if not shape or q.qtype not in LEGAL:
+            continue
+        axis = attr(g.nodes[q.index], "axis", 1) % len(shape)
+        if q.qtype == T.INT4 and len(shape) != 2 and g.trt is not None and not trt_at_least(g.trt, "10.7"):
+            message = f"INT4 block quantization of a rank-{len(shape)} tensor; TensorRT {g.trt} blocks 2-D tensors only."
+            yield Hit(q.index, message, "reshape the weight to 2-D, or use --trt 10.16 or newer.")
+        elif trt_at_least(g.trt, "10.13") and g.trt is not None and axis < len(shape) - 2:
+            message = (
+                f"blocked axis {axis} of a rank-{len(shape)} tensor; from TensorRT 10.13 the blocked dimension "
+                "must be the last or the second to last."
+            )
+            yield Hit(q.index, message, "block along the last or second-to-last axis (transpose the weight).")
 
 
 @rule("int4-activation", "error", "INT4 is weight-only")
@@ -173,15 +188,20 @@ def _int4_activation(g: Graph) -> Iterator[Hit]:
             yield Hit(q.index, message, "keep activations in fp16 (W4A16), or quantize them to INT8/FP8.")
 
 
-@rule("int4-odd-dim", "error", "INT4 tensors have an even last dimension")
+@rule("int4-odd-dim", "error", "4-bit tensors: even last dimension (10.3) / even element count (10.8+)")
 def _int4_odd_dim(g: Graph) -> Iterator[Hit]:
+    even = TRT_RELEASES[g.trt].int4_even if g.trt else "last-dim"  # any version: the strictest
     for q in g.sites():
         shape = g.shape(q.data)
-        if q.qtype == T.INT4 and shape and shape[-1] is not None and shape[-1] % 2:
+        if q.qtype not in (T.INT4, T.FLOAT4E2M1) or not shape or None in shape:
+            continue
+        need, size = ("last dimension", shape[-1]) if even == "last-dim" else ("element count", int(np.prod(shape)))
+        if size % 2:
             message = (
-                f"'{q.data}' has an odd last dimension ({shape[-1]}); TensorRT packs INT4 in pairs on it."
+                f"'{q.data}' has an odd {need} ({size}); TensorRT {g.trt or '10.3'}'s ONNX parser packs "
+                f"4-bit values in pairs and needs an even {need}."
             )
-            yield Hit(q.index, message, "pad the weight's last dimension to an even size, or keep it INT8.")
+            yield Hit(q.index, message, "leave this layer in floating point (trtq quantize does), or pad the weight.")
 
 
 @rule("conv-precision", "error", "convolutions run in INT8 or FP8 only")

@@ -12,11 +12,10 @@ from trtq.exporter.check.graph import (
     WEIGHTED,
     Graph,
     T,
-    attr,
     type_name,
 )
 from trtq.exporter.check.registry import Hit, rule
-from trtq.targets import JETPACKS, TARGETS, TRT_RELEASES, TRT_VERSIONS, trt_support
+from trtq.targets import JETPACKS, TARGETS, TRT_RELEASES, TRT_VERSIONS, trt_at_least, trt_support
 
 __all__: list[str] = []  # the module's rules register themselves in registry.REGISTRY
 
@@ -105,10 +104,11 @@ def _target_trt(g: Graph) -> Iterator[Hit]:
         yield Hit(None, f"TensorRT {g.trt} on {g.target.name}: {why}.", fix + ".")
 
 
-@rule("fp32-region", "info", "non-quantized regions are cast to fp16")
+@rule("fp32-region", "info", "non-quantized layers are cast to the high precision (warning on TensorRT 11)")
 def _fp32_region(g: Graph) -> Iterator[Hit]:
-    if any(g.op(i) == "Cast" and attr(g.nodes[i], "to", 0) in HALF_TYPES for i in range(len(g.nodes))):
-        return
+    from trtq.exporter.high_precision import deliberate_fp32
+
+    deliberate = deliberate_fp32(g.model)  # what --high-precision keeps FP32 on purpose (its KEEP rule)
     fp32 = []
     for i, node in enumerate(g.nodes):
         op = g.op(i)
@@ -116,10 +116,46 @@ def _fp32_region(g: Graph) -> Iterator[Hit]:
             continue
         if op in WEIGHTED and all(g.dq_behind(t) is not None for t in g.inputs(i, 0, 1)):
             continue  # runs quantized
+        if node.name in deliberate:
+            continue
         fp32.append(i)
     if fp32:
         message = (
             f"{len(fp32)} node(s) outside Q/DQ compute in float32 (e.g. {', '.join(map(g.name, fp32[:3]))}); "
             "strongly typed TensorRT (always in TensorRT 11) keeps them in FP32: no builder flag lowers them."
         )
-        yield Hit(fp32[0], message, "cast the non-quantized regions to FP16 in the ONNX graph.")
+        fix = "quantize with `trtq quantize --high-precision fp16` (the default), which casts them to FP16."
+        yield Hit(fp32[0], message, fix, "warning" if g.trt is not None and trt_at_least(g.trt, "11") else None)
+
+
+@rule("int4-fp32", "warning", "INT4 weights dequantize to fp16/bf16 (W4A16), not float32")
+def _int4_fp32(g: Graph) -> Iterator[Hit]:
+    for q in g.sites():
+        if q.qtype != T.INT4 or q.is_q:
+            continue
+        out = g.nodes[q.index].output[0]
+        if g.dtype(out) == T.FLOAT:
+            readers = ", ".join(g.name(c) for c in g.consumers.get(out, [])) or "nothing"
+            message = (
+                f"INT4 weight '{q.data}' dequantizes to float32 (float32 scale) for {readers}: expect an FP32 GEMM "
+                "on dequantized weights, not TensorRT's INT4 weight-only kernel (INT4 weights, FP16/BF16 "
+                "scales, FP16/BF16 activations)."
+            )
+            yield Hit(q.index, message, "quantize with `--high-precision fp16` (the default): FP16 scales and activations.")
+
+
+@rule("strongly-typed", "info", "10.x: FP8 / INT4 / half-precision graphs are built strongly typed")
+def _strongly_typed(g: Graph) -> Iterator[Hit]:
+    if g.trt is not None and TRT_RELEASES[g.trt].strongly_typed == "always":
+        return
+    found = sorted({LEGAL[q.qtype] for q in g.sites() if q.qtype in (T.FLOAT8E4M3FN, T.INT4, T.FLOAT4E2M1)})
+    if any(g.dtype(t) in HALF_TYPES for t in g.types) or any(g.dtype(t) in HALF_TYPES for t in g.constants):
+        found.append("fp16/bf16 layers")
+    if found:
+        message = (
+            f"the graph holds {', '.join(found)}: TensorRT {g.trt or '10.x'} builds it as written only as a "
+            "strongly typed network (weakly typed, FP8/INT4 need builder flags and FP16 layers may run FP32)."
+        )
+        fix = ("build with `trtexec --stronglyTyped` (present from 10.3) or NetworkDefinitionCreationFlag."
+               "STRONGLY_TYPED (`trtq build` sets it).")
+        yield Hit(None, message, fix)
