@@ -189,7 +189,9 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
 
 def _data_files(data: Any) -> dict[Path, str]:
     """The file or folder calibration data is read from, when there is one."""
-    while hasattr(data, "source") and not isinstance(data, (str, os.PathLike)):  # Degraded(ImageFolder)
+    for _ in range(8):  # Degraded(ImageFolder) and other wrappers, a few levels deep
+        if isinstance(data, (str, os.PathLike)) or not hasattr(data, "source"):
+            break
         data = data.source
     for attr in ("root", "path"):  # ImageFolder, TextSource
         if isinstance(getattr(data, attr, None), Path):
