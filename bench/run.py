@@ -39,7 +39,9 @@ TOOLS = {
         ("int8", "minmax", ("minilm",), "smoothquant"),
         ("int8", "minmax", ("minilm",), "repq"),
         ("int8", "minmax", ("effnet",), "cle+biascorr"),
-        ("int8", "minmax", None, "default"),  # effnet: biascorr; minilm: rotate_online
+        ("int8", "minmax", None, "default"),  # effnet: biascorr; minilm: rotate_online; + automatic fallback
+        ("int8", "minmax", None, "default+no-fallback"),  # all INT8
+        ("int8", "minmax", ("effnet", "yolo"), "default+no-fallback+conv-rtn"),  # all INT8, max-scaled weights
         ("int8", "minmax", None, "default+fallback5-fp16"),
         # calibration methods, with the default passes
         ("int8", "percentile", None, "default"), ("int8", "entropy", None, "default"),
@@ -66,6 +68,8 @@ VARIANTS = {
         "smoothquant": ["--passes", "smoothquant"],
         "repq": ["--passes", "repq"],
         "default+fallback5-fp16": ["--fallback-budget", "5", "--fallback-dtype", "fp16"],
+        "default+no-fallback": ["--no-fallback"],
+        "default+no-fallback+conv-rtn": ["--no-fallback", "--conv-method", "rtn"],
     },
 }
 # what must import in the tool's environment before its rows can run
@@ -154,10 +158,11 @@ def evaluate_rows(rows: list[dict], paths: dict, out: Path, args: argparse.Names
 # ---------------------------------------------------------------------------------------------- table
 
 COLUMNS = [("model", "model"), ("tool", "tool"), ("precision", "precision"), ("method", "method"),
-           ("passes / variant", "passes"), ("SQNR dB", "sqnr_db"), ("top-1", "top1_agree"), ("cosine", "cosine"),
+           ("passes / variant", "passes"), ("SQNR dB", "sqnr_db"), ("score SQNR dB", "score_sqnr_db"),
+           ("top-1", "top1_agree"), ("cosine", "cosine"),
            ("calib s", "calib_seconds"), ("pass s", "pass_seconds_total"), ("peak RSS MB", "rss_peak_mb"),
            ("RSS after imports MB", "rss_baseline_mb"), ("FP32 ms", "fp32_latency_ms"), ("quant ms", "latency_ms"),
-           ("MAC % quantized", "mac_pct"), ("size MB", "size_mb"), ("Q/DQ", "qdq"), ("ORT opt", "ort_opt"),
+           ("MAC % quantized", "mac_pct"), ("size MB", "size_mb"), ("Q/DQ", "qdq"), ("latency ORT opt", "ort_opt"),
            ("note", "note")]
 
 
@@ -173,7 +178,12 @@ def passes_label(row: dict) -> str:
         label += " (default)"
     fb = row.get("fallback")
     if fb:
-        label += f" + fallback {fb['budget']} {fb['dtype']}"
+        label += (f" + auto fallback ≤{100 * (fb.get('max_float_macs') or 0):g}% MACs" if fb.get("auto")
+                  else f" + fallback {fb['budget']} {fb['dtype']}")
+    elif "no-fallback" in variant:
+        label += " + no fallback"
+    if row.get("conv_method") and row.get("precision") == "int8" and row["model"] != "minilm":
+        label += f", conv {row['conv_method']}"
     return label
 
 
@@ -208,7 +218,7 @@ def note(row: dict) -> str:
     if row.get("error"):
         parts.append(("skipped: " if row.get("skipped") else "CRASH: ") + row["error"])
     if row.get("load_error"):
-        prefix = "ORT CPU loads it only with ORT_DISABLE_ALL; " if row.get("ort_opt") else "does NOT load in ORT CPU: "
+        prefix = "ORT CPU: " if "sqnr_db" in row else "does NOT load in ORT CPU: "
         parts.append(prefix + row["load_error"])
     return " ".join(parts).replace("|", "/").replace("\n", " ")
 
@@ -335,7 +345,9 @@ def markdown(rows: list[dict], meta: dict, width: int | None = 160) -> str:
 # ---------------------------------------------------------------------------------------------- main
 
 
-def plan(model_names: list[str], tool_names: list[str]) -> list[dict]:
+def plan(model_names: list[str], tool_names: list[str], keys: list[str] | None = None) -> list[dict]:
+    """Every row of the models x tools; with `keys`, the FP32 rows and the rows whose key ends with one
+    of those strings (e.g. "trtq/int8/minmax/default", "modelopt/int8/entropy")."""
     rows = []
     for m in model_names:
         rows.append({"key": f"{m}/fp32", "model": m, "tool": "fp32", "precision": "fp32", "method": ""})
@@ -343,6 +355,8 @@ def plan(model_names: list[str], tool_names: list[str]) -> list[dict]:
             for precision, method, only, variant in TOOLS[tool][1]:
                 if only is None or m in only:
                     key = f"{m}/{tool}/{precision}/{method or 'default'}" + (f"/{variant}" if variant else "")
+                    if keys and not key.endswith(tuple(keys)):
+                        continue
                     rows.append({"key": key, "model": m, "tool": tool, "precision": precision, "method": method,
                                  "variant": variant})
     return rows
@@ -350,7 +364,9 @@ def plan(model_names: list[str], tool_names: list[str]) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description="trtq vs ONNX Runtime quantization vs ModelOpt, one table.")
-    p.add_argument("--models", default="effnet,minilm")
+    p.add_argument("--models", default="effnet,yolo,minilm")
+    p.add_argument("--rows", help="comma-separated key endings: run only the rows whose key (model/tool/"
+                   "precision/method[/variant]) ends with one of them, plus the FP32 rows")
     p.add_argument("--tools", default="trtq,ort,modelopt")
     p.add_argument("--out", default=str(HERE / "out"))
     p.add_argument("--batch", type=int, default=8, help="batch size for evaluation and latency")
@@ -378,7 +394,7 @@ def main() -> None:
         fp32 = models.export(m, out / "models")
         paths[m] = {"fp32": fp32, **data.prepare(m, out / "data", models.input_names(fp32))}
 
-    rows = plan(model_names, tool_names)
+    rows = plan(model_names, tool_names, [r for r in (args.rows or '').split(',') if r] or None)
     problems = {t: tool_problem(t, tool_python(t, args.trtq_python)) for t in tool_names}
     versions = {}
     for row in rows:

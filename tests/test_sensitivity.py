@@ -118,6 +118,27 @@ def test_budget_and_target_together_stop_at_the_first_limit():
     assert len(result.steps) == 2 and result.reached is False
 
 
+def test_auto_fallback_keeps_the_outlier_layer_within_the_mac_budget_then_stops():
+    result, _ = _fallback(outlier_mlp(), _mlp_data(32), auto=True, max_float_macs=0.6)
+    assert result.auto and result.kept_float == ["fc2"] and result.final_sqnr_db > result.baseline_sqnr_db + 20
+    kept, stop = result.decisions
+    assert kept.kept and kept.unit == "fc2" and "57.1% of the MACs" in kept.reason
+    assert not stop.kept and stop.reason.startswith("diminishing returns")
+    assert result.to_dict()["decisions"][0] == {"unit": "fc2", "kept": True, "reason": kept.reason}
+    assert "1 layer kept in floating point (fc2)" in result.summary()
+
+
+def test_auto_fallback_passes_over_a_layer_above_the_mac_budget():
+    result, _ = _fallback(outlier_mlp(), _mlp_data(32), auto=True)  # default budget: 5 % of the MACs
+    assert result.max_float_macs == 0.05 and result.kept_float == [] and result.plan.quantized_nodes == ["fc1", "fc2", "fc3"]
+    assert result.decisions[0].unit == "fc2" and "over the MAC budget" in result.decisions[0].reason
+
+
+def test_budget_with_a_mac_cap_skips_the_layers_over_it():
+    result, _ = _fallback(outlier_mlp(), _mlp_data(32), budget=1, max_float_macs=0.2)
+    assert result.kept_float in (["fc3"], ["fc1"])  # fc2 (57 % of the MACs) is over the cap
+
+
 def test_same_inputs_same_result():
     first, _ = _fallback(outlier_mlp(), _mlp_data(32), budget=2)
     second, _ = _fallback(outlier_mlp(), _mlp_data(32), budget=2)
@@ -281,3 +302,21 @@ def test_cli_fallback_flags(tmp_path):
     assert report["config"]["fallback_budget"] == 1
     assert main(["quantize", str(model_path), "-o", str(out), "--calib-data", str(calib),
                  "--fallback-dtype", "fp64"]) == 2
+
+
+def test_quantize_runs_the_automatic_fallback_by_default_and_no_fallback_turns_it_off(tmp_path, capsys):
+    model_path, calib = tmp_path / "mlp.onnx", tmp_path / "calib.npz"
+    onnx.save(outlier_mlp(), str(model_path))
+    np.savez(calib, **_mlp_data(32))
+    out = tmp_path / "q.onnx"
+    assert main(["quantize", str(model_path), "-o", str(out), "--calib-data", str(calib), "--quiet",
+                 "--max-float-macs", "60"]) == 0
+    fb = json.loads((tmp_path / "q.trtq.json").read_text())["fallback"]
+    assert fb["auto"] and fb["kept_float"] == ["fc2"] and fb["max_float_macs"] == 0.6
+    assert "fallback (automatic" in capsys.readouterr().out
+    assert main(["quantize", str(model_path), "-o", str(out), "--calib-data", str(calib), "--quiet",
+                 "--no-fallback"]) == 0
+    report = json.loads((tmp_path / "q.trtq.json").read_text())
+    assert "fallback" not in report and report["summary"]["quantized_nodes"] == 3
+    with pytest.raises(TrtqError, match="no fallback"):
+        QuantConfig(fallback=False, fallback_budget=1)

@@ -14,6 +14,7 @@ from typing import Any
 from trtq.config import (
     ACT_QUANT_METHODS,
     CALIB_METHODS,
+    CONV_METHODS,
     FALLBACK_DTYPES,
     HIGH_PRECISIONS,
     INT4_METHODS,
@@ -71,6 +72,12 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
                    help="write the TensorRT face: one trtq plugin node per codebook weight / log activation "
                    "(codes stay packed in the engine; build with trtq's plugin loaded, README 'TensorRT "
                    "plugins'); default: the standard-ONNX face that ONNX Runtime runs")
+    p.add_argument("--conv-method", default=QuantConfig.conv_method,
+                   help=f"INT8 conv weights with calibration data: {', '.join(CONV_METHODS)} (default "
+                   f"{QuantConfig.conv_method}: GPTQ rounding and bias for the least layer-output error "
+                   "on the calibration data; rtn: nearest)")
+    p.add_argument("--conv-samples", type=int, default=QuantConfig.conv_samples, metavar="N",
+                   help=f"calibration samples the conv weight statistics use (default {QuantConfig.conv_samples})")
     p.add_argument("--opset", type=int, help="output opset (default: the lowest the precision needs; never below the model's own)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     p.add_argument("--passes", help="comma-separated graph passes to run before calibration, in this order "
@@ -88,6 +95,13 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
                    "(0: only report each layer's sensitivity)")
     p.add_argument("--target-sqnr", type=float, metavar="DB",
                    help="keep the most sensitive layers in floating point until the output SQNR reaches DB")
+    p.add_argument("--max-float-macs", type=float, metavar="PCT",
+                   help="the share of MACs (percent) the fallback may keep in floating point "
+                   "(default 5 for the automatic fallback; no cap with --fallback-budget / --target-sqnr)")
+    p.add_argument("--no-fallback", action="store_true",
+                   help="quantize every layer: no sensitivity analysis, nothing kept in floating point "
+                   "(default for int8/fp8: keep the fewest most sensitive layers that reach diminishing "
+                   "returns, within --max-float-macs)")
     p.add_argument("--fallback-samples", type=int, default=QuantConfig.fallback_samples, metavar="N",
                    help="calibration samples the sensitivity analysis runs on "
                    f"(default {QuantConfig.fallback_samples})")
@@ -333,6 +347,8 @@ def _run_quantize(args: argparse.Namespace) -> int:
         pass_options=_pass_options(args.pass_option),
         fallback_budget=args.fallback_budget,
         target_sqnr=args.target_sqnr,
+        fallback=not args.no_fallback,
+        max_float_macs=args.max_float_macs,
         fallback_samples=args.fallback_samples,
         fallback_dtype=args.fallback_dtype,
         high_precision=args.high_precision,
@@ -343,6 +359,8 @@ def _run_quantize(args: argparse.Namespace) -> int:
         act_quant=_act_quant(args),
         device=args.device,
         plugins=args.plugins,
+        conv_method=args.conv_method,
+        conv_samples=args.conv_samples,
     )
     if TABLE[config.precision].activations and not args.calib_data:
         raise TrtqError(f"{config.precision.upper()} needs calibration data.", "pass --calib-data CALIB.npz.")
@@ -360,6 +378,8 @@ def _run_quantize(args: argparse.Namespace) -> int:
         print(f"codebook weights: {b['stored']} bytes stored ({b['float32']} as float32)")
     if s["log_activations"]:
         print(f"log-quantized activations: {s['log_activations']}")
+    if result.fallback is not None:
+        print(result.fallback.summary())
     if s["tensors_with_nonfinite_excluded"]:
         print(f"non-finite values excluded from ranges: {s['tensors_with_nonfinite_excluded']}")
     if result.fallback is not None:

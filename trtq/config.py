@@ -17,6 +17,7 @@ __all__ = [
     "check_field_types",
     "ACT_QUANT_METHODS",
     "CALIB_METHODS",
+    "CONV_METHODS",
     "DEFAULT_CALIB_METHOD",
     "FALLBACK_DTYPES",
     "HIGH_PRECISIONS",
@@ -50,6 +51,9 @@ WEIGHT_FORMATS = tuple(WEIGHT_FORMAT_TABLE)
 ACT_QUANT_METHODS = tuple(LOG_STEPS)
 # SQNR of identical outputs (trtq.evaluate.SQNR_CAP_DB, not imported here: config stays light)
 _SQNR_CAP_DB = 200.0
+# How INT8 conv weights are rounded given calibration data (trtq.exporter.conv_rounding): GPTQ with the
+# bias absorbing the mean error, or nearest.
+CONV_METHODS = ("gptq", "rtn")
 # How `SelectConfig` picks calibration samples out of the candidates (trtq.calibrators.select).
 SELECT_METHODS = ("random", "density-diversity", "noise-filtered-diverse")
 
@@ -306,9 +310,17 @@ class QuantConfig(JsonConfig):
         pass_options: pass name -> {option: value} overriding the pass's options dataclass
             (e.g. {"cle": {"relu6": "skip"}, "smoothquant": {"alphas": (0.5, 0.6)}}); None: defaults.
         fallback_budget: keep this many of the most sensitive quantized layers in floating point
-            (0: measure and report the sensitivity only; None, with no target_sqnr: no analysis).
+            (0: measure and report the sensitivity only; None, with no target_sqnr: automatic).
         target_sqnr: keep the most sensitive layers in floating point until the output SQNR (dB, on
             the fallback samples) reaches this; with fallback_budget, at most that many layers.
+        fallback: INT8 / FP8 with calibration data and neither fallback_budget nor target_sqnr: run
+            the sensitivity analysis and keep in floating point the fewest layers that bring the
+            output to diminishing returns (each must gain at least `fallback_min_gain_db`) within
+            `max_float_macs` (`trtq.sensitivity`). False (`--no-fallback`): everything quantized,
+            no analysis.
+        max_float_macs: the share of the weighted ops' MACs (percent) the fallback may keep in
+            floating point (None: 5 % for the automatic fallback, no cap with a budget or target).
+        fallback_min_gain_db: automatic fallback: the least output SQNR gain a layer must bring.
         fallback_samples: calibration samples the sensitivity analysis runs on (the first ones).
         fallback_dtype: fp16 | bf16 | fp32: precision of the layers the fallback keeps in floating point
             (None: `high_precision`'s).
@@ -334,6 +346,10 @@ class QuantConfig(JsonConfig):
         plugins: write the TensorRT face of the codebook weights and log activations (one trtq plugin
             node each, codes kept packed; trtq.plugins.trt_face) instead of their standard-ONNX face.
             The result is for TensorRT only, with trtq's plugin loaded; ONNX Runtime cannot run it.
+        conv_method: gptq | rtn: how INT8 Conv weights are rounded given calibration data
+            (`trtq.exporter.conv_rounding`): GPTQ on the im2col patches' second moments, the bias
+            absorbing the mean output error (gptq), or nearest (rtn); both per-channel max scales.
+        conv_samples: calibration samples the conv statistics are summed over.
     """
 
     typed_fields: ClassVar[bool] = True
@@ -350,6 +366,9 @@ class QuantConfig(JsonConfig):
     pass_options: dict[str, dict[str, Any]] | None = None
     fallback_budget: int | None = None
     target_sqnr: float | None = None
+    fallback: bool = True
+    max_float_macs: float | None = None
+    fallback_min_gain_db: float = 0.5
     fallback_samples: int = 16
     fallback_dtype: str | None = None
     select: SelectConfig | None = None
@@ -372,6 +391,8 @@ class QuantConfig(JsonConfig):
     def resolved_fallback_dtype(self) -> str:
         """`fallback_dtype`, or the high precision when None."""
         return self.fallback_dtype or self.resolved_high_precision
+    conv_method: str = "gptq"
+    conv_samples: int = 32
 
     def __post_init__(self) -> None:
         if isinstance(self.exclude, str):  # one pattern, not one pattern per character
@@ -398,6 +419,9 @@ class QuantConfig(JsonConfig):
         self._validate_formats()
         if self.device is not None:
             _choice(self.device, ("cuda", "cpu"), "device", "--device")
+        _choice(self.conv_method, CONV_METHODS, "conv weight method", "--conv-method")
+        if not isinstance(self.conv_samples, int) or self.conv_samples < 1:
+            raise TrtqError(f"conv_samples={self.conv_samples!r} must be at least 1.", "pass e.g. --conv-samples 32.")
         import re
 
         for pattern in self.exclude:
@@ -456,6 +480,18 @@ class QuantConfig(JsonConfig):
         if self.target_sqnr is not None and self.target_sqnr > _SQNR_CAP_DB:
             raise TrtqError(f"target_sqnr={self.target_sqnr:g} dB is above the {_SQNR_CAP_DB:g} dB of identical "
                             "outputs: no fallback reaches it.", "pass e.g. --target-sqnr 25.")
+        if not self.fallback and (self.fallback_budget is not None or self.target_sqnr is not None
+                                  or self.max_float_macs is not None):
+            raise TrtqError("no fallback was asked for together with a fallback budget, target SQNR or MAC share.",
+                            "drop --no-fallback, or drop --fallback-budget / --target-sqnr / --max-float-macs.")
+        if self.max_float_macs is not None and not (isinstance(self.max_float_macs, (int, float))
+                                                    and 0 <= self.max_float_macs <= 100):
+            raise TrtqError(f"max_float_macs={self.max_float_macs!r} is not a percentage in [0, 100].",
+                            "pass e.g. --max-float-macs 5.")
+        if not (isinstance(self.fallback_min_gain_db, (int, float)) and math.isfinite(self.fallback_min_gain_db)
+                and self.fallback_min_gain_db >= 0):
+            raise TrtqError(f"fallback_min_gain_db={self.fallback_min_gain_db!r} is not a number of dB >= 0.",
+                            "use e.g. 0.5.")
         if self.fallback_samples < 1:
             raise TrtqError(f"fallback_samples={self.fallback_samples} must be at least 1.", "pass e.g. 16.")
         if self.fallback_dtype is not None:

@@ -24,12 +24,12 @@ from trtq._version import __version__
 from trtq.calibrators.data import Batch, BatchStream, open_batches
 from trtq.calibrators.methods import compute_amax
 from trtq.calibrators.observer import Reducer, observe, token_mask_input
-from trtq.calibrators.stats import ChannelStatsReducer, FirstSamples, GramReducer, collect_stats
+from trtq.calibrators.stats import ChannelStatsReducer, GramReducer, collect_stats
 from trtq.config import CalibConfig, QuantConfig, Target
 from trtq.errors import TrtqError
 from trtq.exporter.high_precision import cast_high_precision
 from trtq.exporter.passes import PassContext, PassRun, resolve_passes, run_passes
-from trtq.exporter.placement import QuantPlan, plan_quantization
+from trtq.exporter.placement import QuantPlan, WeightSlot, plan_quantization
 from trtq.exporter.qdq import insert_qdq
 from trtq.exporter.weight_subgraphs import fold_weight_subgraphs
 from trtq.fidelity import SmallestHashes, fidelity_check
@@ -38,6 +38,7 @@ from trtq.sensitivity import FallbackResult, sensitivity_fallback
 
 if TYPE_CHECKING:
     from trtq.calibrators.select import Selection
+    from trtq.exporter.weights import QuantizedWeight
 
 __all__ = ["QuantizeResult", "calibrate", "quantize"]
 
@@ -116,21 +117,26 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
         del fp32  # the passes' output replaces it: holding both would double the weights in memory
         plan, codebook_plan = _plan_weights(folded, cfg, passes.plan)
         log_acts, log_report = _log_activations(folded, plan, batches, cfg)
-        # one pass over the data serves the ranges, INT4's importance and the fallback's samples
+        # one pass over the data serves the ranges, INT4's importance, the samples of the fallback analysis
+        # and of the conv statistics (the smallest content hashes: order- and batch-independent)
         power = _importance_reducer(folded, plan, cfg.int4_method) if codebook_plan is None else None
-        replay = FirstSamples(cfg.fallback_samples) if _wants_fallback(cfg) and codebook_plan is None else None
+        replay = SmallestHashes(cfg.fallback_samples) if _wants_fallback(cfg) and codebook_plan is None else None
+        conv_replay = SmallestHashes(cfg.conv_samples) if _wants_conv_rounding(cfg) and codebook_plan is None else None
         hashes = SmallestHashes()  # the post-quantization fidelity samples (the ONNX face, under --plugins)
         calib_report, amax = _calibrate(folded, plan, batches, cfg, progress,
-                                        also=[r for r in (power, replay, hashes) if r is not None])
+                                        also=[r for r in (power, replay, conv_replay, hashes) if r is not None])
         fallback = None
+        conv_weights: dict[WeightSlot, QuantizedWeight] = {}
         if codebook_plan is not None:
             from trtq.plugins.apply import quantize_codebook
 
             codebooks, tensors = quantize_codebook(folded, codebook_plan, batches, cfg, progress)
         else:
+            conv_weights = _round_convs(folded, plan, conv_replay.samples() if conv_replay is not None else None,
+                                        cfg, pass_reports)
             importance = _importance(plan, power) if batches is not None else {}
-            replayed = replay.batches if replay is not None and batches is not None else None
-            fallback = _fallback(folded, plan, amax, replayed, cfg, importance, progress)
+            replayed = replay.samples() if replay is not None and batches is not None else None
+            fallback = _fallback(folded, plan, amax, replayed, cfg, importance, conv_weights, progress)
             if fallback is not None:
                 plan = fallback.plan
         fidelity_samples = hashes.samples() if hashes is not None and batches is not None else []
@@ -138,7 +144,7 @@ def _quantize(model: Any, calib_data: Any, output: str | os.PathLike[str] | None
         _close_data(selection, batches)
     if codebook_plan is None:
         # the weights the fallback analysis quantized (the whole plan), reused: quantized once
-        weights = fallback.weights if fallback is not None else None
+        weights = fallback.weights if fallback is not None else conv_weights
         qmodel, tensors = insert_qdq(folded, plan, amax, cfg.precision, block_size=cfg.block_size,
                                      opset=_opset(folded), importance=importance, quantized=weights,
                                      scale_type=cfg.resolved_high_precision)
@@ -298,11 +304,15 @@ def _plan(model: onnx.ModelProto, cfg: QuantConfig) -> QuantPlan:
 
 
 def _fallback(model: onnx.ModelProto, plan: QuantPlan, amax: dict[str, float], batches: list[Batch] | None,
-              cfg: QuantConfig, importance: dict[str, np.ndarray], progress: bool) -> FallbackResult | None:
-    """Sensitivity analysis and fallback when the config asks for a budget or a target SQNR, on `batches`:
-    the first calibration samples, taken during the calibration pass (`FirstSamples`)."""
-    if not _wants_fallback(cfg):
+              cfg: QuantConfig, importance: dict[str, np.ndarray], weights: dict[WeightSlot, QuantizedWeight],
+              progress: bool) -> FallbackResult | None:
+    """Sensitivity analysis and fallback: asked for (a budget or target SQNR), or automatic (INT8 / FP8 with
+    calibration data, unless `cfg.fallback` is off), on `batches`: the `fallback_samples` calibration samples
+    of smallest content hash, taken during the calibration pass (order- and batch-independent). `weights`:
+    weights already quantized (the rounded convs), reused by the analysis."""
+    if not _wants_fallback(cfg) or batches is None:
         return None
+    auto = cfg.fallback_budget is None and cfg.target_sqnr is None
     layers = len(plan.quantized_nodes)
     if cfg.fallback_budget is not None and cfg.fallback_budget >= layers:
         raise TrtqError(f"--fallback-budget {cfg.fallback_budget} would keep all {layers} quantized layers in "
@@ -312,7 +322,9 @@ def _fallback(model: onnx.ModelProto, plan: QuantPlan, amax: dict[str, float], b
                                   budget=cfg.fallback_budget, target_sqnr=cfg.target_sqnr,
                                   samples=cfg.fallback_samples, block_size=cfg.block_size,
                                   importance=importance, scale_type=cfg.resolved_high_precision,
-                                  progress=progress)
+                                  quantized=weights, auto=auto,
+                                  max_float_macs=None if cfg.max_float_macs is None else cfg.max_float_macs / 100,
+                                  min_gain_db=cfg.fallback_min_gain_db, progress=progress)
     if result.plan.empty:
         raise TrtqError(f"--target-sqnr {cfg.target_sqnr:g} is not reached with any of the {layers} layers "
                         f"quantized (all quantized: {result.baseline_sqnr_db:.1f} dB): nothing would be quantized.",
@@ -524,8 +536,37 @@ def _require_ranges(plan: QuantPlan, stats: dict[str, Any], amax: dict[str, floa
     )
 
 
+def _wants_conv_rounding(cfg: QuantConfig) -> bool:
+    return cfg.precision == "int8" and cfg.conv_method == "gptq"
+
+
 def _wants_fallback(cfg: QuantConfig) -> bool:
-    return cfg.fallback_budget is not None or cfg.target_sqnr is not None
+    asked = cfg.fallback_budget is not None or cfg.target_sqnr is not None
+    return asked or (cfg.fallback and cfg.precision in ("int8", "fp8"))
+
+
+def _round_convs(model: onnx.ModelProto, plan: QuantPlan, samples: list[Batch] | None, cfg: QuantConfig,
+                 pass_reports: dict[str, Any]) -> dict[WeightSlot, QuantizedWeight]:
+    """INT8 with calibration data: choose each Conv weight's rounding (and bias) for the least layer-output
+    error on `samples` (`trtq.exporter.conv_rounding`); writes the biases into `model`, returns the weights.
+    A bias that bias correction shifted for nearest rounding is put back first (its report names the layers)."""
+    if not _wants_conv_rounding(cfg) or not samples:
+        return {}
+    from trtq.exporter.conv_rounding import round_convs, write_biases
+
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for t in node.input:
+            readers[t] = readers.get(t, 0) + 1
+    slots = {s.tensor: s for s in plan.weights if s.axis == 0 and s.block_axis is None}
+    nodes = {n.name: n for n in model.graph.node}
+    convs = {n: nodes[n].input[1] for n in plan.quantized_nodes
+             if nodes[n].op_type == "Conv" and nodes[n].input[1] in slots and readers[nodes[n].input[1]] == 1}
+    corrected = {layer["node"] for name, report in pass_reports.items() if name in ("biascorr", "bias_correction")
+                 for layer in (report or {}).get("layers", [])}
+    rounded = round_convs(model, convs, samples, len(samples), bias_corrected=corrected)
+    write_biases(model, rounded)
+    return {slots[convs[name]]: r.weight for name, r in rounded.items()}
 
 
 def _importance_reducer(model: onnx.ModelProto, plan: QuantPlan, method: str) -> Reducer | None:

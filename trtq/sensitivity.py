@@ -19,6 +19,16 @@ after the last cut before u (results are identical to a full run; ~1.6x faster o
 
 Fallback keeps units in floating point, most sensitive first: `budget` units, or as many as it takes
 (at most `max_trials` measured steps) for the output SQNR on the same samples to reach `target_sqnr`.
+
+Automatic fallback (`auto=True`, trtq's default for INT8/FP8 with calibration data): the fewest
+units that bring the output to the point of diminishing returns within a MAC budget. Units are
+taken most sensitive first; a unit whose MACs would push the float share over `max_float_macs`
+(a fraction of all weighted-op MACs) is passed over; the walk stops at the first unit whose
+removal is predicted to gain less than `min_gain_db` (removing noise share ``σ`` of the summed noise
+gains ``−10·log10(1 − σ)`` dB; the ranking is by noise share, so every later unit gains less), and a
+unit is kept only if its measured gain is at least `min_gain_db` too. When the all-quantized output
+already reaches `AUTO_ABOVE_DB` (30 dB) on the samples, nothing is ranked (one measured run, no
+per-unit cost). The sidecar's `decisions` say for each unit looked at why it was kept or passed over.
 """
 
 from __future__ import annotations
@@ -46,7 +56,10 @@ from trtq.metrics import ErrorSums, finite_pair
 from trtq.precision import DEFAULT_BLOCK_SIZE
 
 __all__ = [
+    "AUTO_ABOVE_DB",
+    "DEFAULT_MAX_FLOAT_MACS",
     "DEFAULT_MAX_TRIALS",
+    "DEFAULT_MIN_GAIN_DB",
     "DEFAULT_SAMPLES",
     "FallbackResult",
     "FallbackStep",
@@ -60,6 +73,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SAMPLES = 16
 DEFAULT_MAX_TRIALS = 32
+# automatic fallback: the MAC share that may stay in float, and the least gain (dB) a unit must bring
+DEFAULT_MAX_FLOAT_MACS = 0.05
+DEFAULT_MIN_GAIN_DB = 0.5
+AUTO_ABOVE_DB = 30.0  # automatic fallback: an all-quantized output at least this close ranks nothing
 _CHUNK = 8  # samples per ONNX Runtime run when the batch axis is dynamic
 _SEGMENTS = 8  # graph suffixes a single-unit measurement may start from
 _GATE = "trtq_gate_"
@@ -94,6 +111,15 @@ class FallbackStep:
     sqnr_db: float
 
 
+@dataclass(frozen=True)
+class FallbackDecision:
+    """Automatic fallback: one unit looked at, whether it was kept in float, and why."""
+
+    unit: str
+    kept: bool
+    reason: str
+
+
 @dataclass
 class FallbackResult:
     """The fallback plan and what the analysis measured (most sensitive unit first).
@@ -110,6 +136,9 @@ class FallbackResult:
         quantized: the units quantized before fallback.
         weights: every weight of the plan, quantized once (GPTQ included) for the gated graph: the
             final `insert_qdq(..., quantized=weights)` reuses them instead of quantizing again.
+        auto: the automatic fallback chose (within `max_float_macs`, stopping at `min_gain_db`).
+        max_float_macs, min_gain_db: the automatic fallback's MAC budget (fraction) and least gain.
+        decisions: the automatic fallback's reasons, unit by unit.
         seconds: wall time of the analysis (not part of `to_dict`, so reports stay byte-identical).
     """
 
@@ -124,6 +153,10 @@ class FallbackResult:
     macs: dict[str, int | None] = field(default_factory=dict)
     quantized: list[str] = field(default_factory=list)
     weights: dict[WeightSlot, QuantizedWeight] = field(default_factory=dict, repr=False)
+    auto: bool = False
+    max_float_macs: float | None = None
+    min_gain_db: float | None = None
+    decisions: list[FallbackDecision] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -151,11 +184,13 @@ class FallbackResult:
         """A JSON-able dict for the sidecar report."""
         return {
             "samples": self.samples, "budget": self.budget, "target_sqnr_db": self.target_sqnr,
+            "auto": self.auto, "max_float_macs": self.max_float_macs, "min_gain_db": self.min_gain_db,
             "reached": self.reached,
             "baseline_sqnr_db": round(self.baseline_sqnr_db, 4),
             "final_sqnr_db": round(self.final_sqnr_db, 4),
             "kept_float": self.kept_float,
             "steps": [{"unit": s.unit, "sqnr_db": round(s.sqnr_db, 4)} for s in self.steps],
+            "decisions": [{"unit": d.unit, "kept": d.kept, "reason": d.reason} for d in self.decisions],
             "total_macs": sum(m or 0 for m in self.macs.values()),
             "quantized_mac_fraction_before": round(self.mac_fraction(self.quantized), 6),
             "quantized_mac_fraction": round(self.quantized_mac_fraction, 6),
@@ -164,6 +199,19 @@ class FallbackResult:
                       for u in self.units],
         }
 
+    def summary(self) -> str:
+        """One line: what was kept in floating point, why, and what it bought."""
+        kept = len(self.kept_float)
+        why = ("automatic: the fewest most sensitive layers to diminishing returns within "
+               f"{100 * (self.max_float_macs or 0):g}% of the MACs" if self.auto else
+               f"target {self.target_sqnr:g} dB" if self.target_sqnr is not None else f"budget {self.budget}")
+        if self.auto and not self.units and self.decisions:
+            return f"fallback ({why}): none, {self.decisions[-1].reason}"
+        return (f"fallback ({why}): {kept} layer{'s' * (kept != 1)} kept in floating point"
+                + (f" ({', '.join(self.kept_float)})" if kept else "")
+                + f", output SQNR {self.baseline_sqnr_db:.2f} -> {self.final_sqnr_db:.2f} dB on {self.samples} "
+                f"calibration samples, {100 * self.quantized_mac_fraction:.1f}% of MACs quantized")
+
     def format(self, top: int = 10) -> str:
         """Lines for a terminal: the `top` most sensitive units, the steps, and the MAC fraction."""
         lines = [f"sensitivity on {self.samples} calibration samples (output SQNR with only that unit "
@@ -171,6 +219,9 @@ class FallbackResult:
         lines += [f"  {u.sqnr_db:8.2f} dB  {100 * u.noise_share:5.1f}% of noise  {u.op:<13} {u.unit}"
                   for u in self.units[:top]]
         lines += [f"fallback {i + 1}: {s.unit} -> {s.sqnr_db:.2f} dB" for i, s in enumerate(self.steps)]
+        if self.auto and self.decisions:
+            last = self.decisions[-1]
+            lines.append(f"stopped: {last.unit + ': ' if last.unit else ''}{last.reason}")
         lines.append(f"kept in floating point: {len(self.kept_float)} units; "
                      f"{100 * self.quantized_mac_fraction:.1f}% of MACs quantized "
                      f"(before: {100 * self.mac_fraction(self.quantized):.1f}%)")
@@ -192,12 +243,19 @@ def sensitivity_fallback(
     block_size: int = DEFAULT_BLOCK_SIZE,
     importance: Mapping[str, np.ndarray] | None = None,
     scale_type: str = "fp32",
+    quantized: dict[WeightSlot, QuantizedWeight] | None = None,
+    auto: bool = False,
+    max_float_macs: float | None = None,
+    min_gain_db: float = DEFAULT_MIN_GAIN_DB,
     progress: bool = True,
 ) -> FallbackResult:
     """Measure each unit's sensitivity and choose the units to keep in floating point.
 
-    With neither `budget` nor `target_sqnr`, only the analysis runs and nothing falls back. With
-    both, fallback stops at the target or after `budget` units, whichever comes first.
+    With neither `budget` nor `target_sqnr` nor `auto`, only the analysis runs and nothing falls
+    back. With both, fallback stops at the target or after `budget` units, whichever comes first.
+    `auto` (without budget or target) chooses as the module docstring says; `max_float_macs` (a
+    fraction of the MACs; None: `DEFAULT_MAX_FLOAT_MACS` when automatic, no cap otherwise) also caps
+    the units a budget or target may keep in float.
 
     Args:
         model: the FP32 model the plan was made for (after the graph passes).
@@ -212,6 +270,10 @@ def sensitivity_fallback(
         max_trials: at most this many fallback steps (each one a measured graph) for `target_sqnr`.
         block_size, importance: as given to `insert_qdq` (INT4).
         scale_type: as given to `insert_qdq` (the float type scales are stored in).
+        quantized: weights already quantized (e.g. the rounded convs), used as they are.
+        auto: choose the units automatically (module docstring) when neither budget nor target is set.
+        max_float_macs: the share of MACs (0-1) the fallback may keep in float.
+        min_gain_db: automatic fallback: the least output gain a unit must bring.
         progress: show progress bars.
 
     Returns:
@@ -223,19 +285,39 @@ def sensitivity_fallback(
     _validate(batches, budget, target_sqnr, samples, max_trials)
     started = time.perf_counter()
     owners = unit_owners(model, plan)
-    weights: dict[WeightSlot, QuantizedWeight] = {}
+    weights: dict[WeightSlot, QuantizedWeight] = dict(quantized or {})
     gated, gates = _gated_model(model, plan, activation_amax, precision, owners, block_size=block_size,
                                 opset=opset, importance=importance, quantized=weights, scale_type=scale_type)
     subset = _subset(batches, samples, _dynamic_batch(model))
     scorer = _Scorer(gated, gates, subset)
     macs = count_macs(model, {k: v[:1] for k, v in subset[0].items()})
-    units = _rank(scorer, model, plan, owners, macs, progress)
     baseline = scorer.sqnr_db(set(gates))
-    steps = _fall_back(scorer, [u.unit for u in units], baseline, budget, target_sqnr, max_trials, progress)
+    auto = auto and budget is None and target_sqnr is None
+    if auto and baseline >= AUTO_ABOVE_DB:  # close enough: no layer is worth ranking
+        decision = FallbackDecision("", False, f"all quantized: {baseline:.2f} dB >= {AUTO_ABOVE_DB:g} dB, "
+                                    "nothing to gain from floating-point layers")
+        result = FallbackResult(plan, [], [], [], baseline, scorer.samples, budget, target_sqnr, macs,
+                                list(gates), weights, auto=True, max_float_macs=max_float_macs or DEFAULT_MAX_FLOAT_MACS,
+                                min_gain_db=min_gain_db, decisions=[decision],
+                                seconds=time.perf_counter() - started)
+        _log(result)
+        return result
+    units = _rank(scorer, model, plan, owners, macs, progress)
+    if max_float_macs is None and auto:
+        max_float_macs = DEFAULT_MAX_FLOAT_MACS
+    share = _mac_shares(macs)
+    decisions: list[FallbackDecision] = []
+    if auto:
+        steps, decisions = _auto_fall_back(scorer, units, baseline, share, max_float_macs, min_gain_db,
+                                           max_trials)
+    else:
+        steps = _fall_back(scorer, [u.unit for u in units], baseline, budget, target_sqnr, max_trials, progress,
+                           share=share, max_float=max_float_macs)
     kept = [s.unit for s in steps]
     result = FallbackResult(without_units(model, plan, kept, owners, units), units, kept, steps, baseline,
-                            scorer.samples, budget, target_sqnr, macs, list(gates), weights,
-                            seconds=time.perf_counter() - started)
+                            scorer.samples, budget, target_sqnr, macs, list(gates), weights, auto=auto,
+                            max_float_macs=max_float_macs, min_gain_db=min_gain_db if auto else None,
+                            decisions=decisions, seconds=time.perf_counter() - started)
     _log(result)
     return result
 
@@ -493,9 +575,54 @@ def _rank(scorer: _Scorer, model: onnx.ModelProto, plan: QuantPlan, owners: Mapp
     return sorted(ranked, key=lambda s: (s.sqnr_db, s.unit))
 
 
+def _mac_shares(macs: Mapping[str, int | None]) -> dict[str, float]:
+    """Unit -> its fraction of all weighted-op MACs (units of unknown MACs are left out)."""
+    total = sum(m or 0 for m in macs.values())
+    return {u: m / total for u, m in macs.items() if m is not None and total}
+
+
+def _auto_fall_back(scorer: _Scorer, units: list[UnitSensitivity], baseline: float, share: Mapping[str, float],
+                    max_float: float, min_gain: float, max_trials: int
+                    ) -> tuple[list[FallbackStep], list[FallbackDecision]]:
+    """The fewest units to diminishing returns within the MAC budget (module docstring)."""
+    steps: list[FallbackStep] = []
+    decisions: list[FallbackDecision] = []
+    quantized = {u.unit for u in units}
+    used, current = 0.0, baseline
+    for u in units:
+        predicted = -10.0 * math.log10(max(1.0 - u.noise_share, 1e-12))
+        if predicted < min_gain:
+            decisions.append(FallbackDecision(u.unit, False, f"diminishing returns: {100 * u.noise_share:.1f}% of "
+                                              f"the noise, predicted gain {predicted:.2f} dB < {min_gain:g} dB"))
+            break
+        if u.unit not in share or used + share[u.unit] > max_float:
+            what = "unknown MACs" if u.unit not in share else f"{100 * share[u.unit]:.1f}% of the MACs"
+            decisions.append(FallbackDecision(u.unit, False, f"over the MAC budget ({what}; "
+                                              f"{100 * used:.1f}% already float, budget {100 * max_float:g}%)"))
+            continue
+        if len(steps) >= max_trials or len(quantized) == 1:
+            why = f"at most {max_trials} measured steps" if len(steps) >= max_trials else "the last quantized layer"
+            decisions.append(FallbackDecision(u.unit, False, why))
+            break
+        sqnr = scorer.sqnr_db(quantized - {u.unit})
+        if sqnr - current < min_gain:
+            decisions.append(FallbackDecision(u.unit, False, f"measured gain {sqnr - current:.2f} dB < {min_gain:g} dB"))
+            break
+        quantized.discard(u.unit)
+        used += share[u.unit]
+        decisions.append(FallbackDecision(u.unit, True, f"{100 * u.noise_share:.1f}% of the noise, "
+                                          f"{current:.2f} -> {sqnr:.2f} dB, {100 * share[u.unit]:.1f}% of the MACs"))
+        steps.append(FallbackStep(u.unit, sqnr))
+        logger.info("fallback step %d: %s -> %.2f dB", len(steps), u.unit, sqnr)
+        current = sqnr
+    return steps, decisions
+
+
 def _fall_back(scorer: _Scorer, ranking: list[str], baseline: float, budget: int | None, target: float | None,
-               max_trials: int, progress: bool) -> list[FallbackStep]:
-    """Fall back the most sensitive units one by one, measuring the output after each."""
+               max_trials: int, progress: bool, *, share: Mapping[str, float] | None = None,
+               max_float: float | None = None) -> list[FallbackStep]:
+    """Fall back the most sensitive units one by one, measuring the output after each (at most
+    `max_float` of the MACs in float when given: a unit that would pass it is skipped)."""
     if (budget is None and target is None) or (target is not None and baseline >= target):
         return []
     limit = len(ranking) if budget is None else min(budget, len(ranking))
@@ -506,7 +633,14 @@ def _fall_back(scorer: _Scorer, ranking: list[str], baseline: float, budget: int
                        budget, len(ranking))
     steps: list[FallbackStep] = []
     quantized = set(ranking)
-    for unit in tqdm(ranking[:limit], desc="fallback", unit="step", disable=not progress):
+    used = 0.0
+    for unit in tqdm(ranking, desc="fallback", unit="step", disable=not progress):
+        if len(steps) >= limit:
+            break
+        if max_float is not None:
+            if used + (share or {}).get(unit, 1.0) > max_float:
+                continue
+            used += (share or {}).get(unit, 1.0)
         quantized.discard(unit)
         steps.append(FallbackStep(unit, scorer.sqnr_db(quantized)))
         logger.info("fallback step %d: %s -> %.2f dB", len(steps), unit, steps[-1].sqnr_db)

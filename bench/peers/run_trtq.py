@@ -1,7 +1,8 @@
 """trtq.quantize, fed the calibration .npz path (trtq streams it).
 
 Besides the common arguments: --passes (default: the model family's defaults; none; or a
-comma-separated list of pass names), --fallback-budget and --fallback-dtype (sensitivity fallback).
+comma-separated list of pass names), --fallback-budget and --fallback-dtype (sensitivity fallback),
+--no-fallback (all quantized: no automatic fallback), --conv-method (INT8 conv weights).
 """
 
 import json
@@ -19,6 +20,8 @@ def add_args(p):
                    help="default (the family's defaults, passes=None), none (passes=()), or names: cle,biascorr")
     p.add_argument("--fallback-budget", type=int, default=None, help="keep this many sensitive layers in float")
     p.add_argument("--fallback-dtype", default="fp32", choices=["fp32", "fp16"])
+    p.add_argument("--no-fallback", action="store_true", help="quantize everything (no automatic fallback)")
+    p.add_argument("--conv-method", default=None, help="INT8 conv weights: gptq, clip or rtn (default: trtq's)")
 
 
 def passes_arg(value: str):
@@ -42,8 +45,10 @@ def small(report):
 
 
 def quantize(args):
+    extra = {"conv_method": args.conv_method} if args.conv_method else {}
     config = trtq.QuantConfig(precision=args.precision, passes=passes_arg(args.passes),
-                              fallback_budget=args.fallback_budget, fallback_dtype=args.fallback_dtype)
+                              fallback_budget=args.fallback_budget, fallback_dtype=args.fallback_dtype,
+                              fallback=not args.no_fallback, **extra)
     result = trtq.quantize(args.model, args.calib, output=args.output, config=config,
                            calib_method=args.method, seed=0)
     report = result.report or {}
@@ -55,11 +60,13 @@ def quantize(args):
            "pass_seconds": {k: round(v, 3) for k, v in result.pass_seconds.items()},
            "pass_seconds_total": round(sum(result.pass_seconds.values()), 3),
            "pass_reports": {k: small(v) for k, v in pass_reports.items()},
-           "quantize_seconds": round(result.seconds, 3)}
+           "quantize_seconds": round(result.seconds, 3),
+           "conv_method": report.get("config", {}).get("conv_method")}
     fb = report.get("fallback")
     if fb is not None:
         rec["fallback"] = {
             "dtype": fb.get("dtype"), "budget": fb.get("budget"), "samples": fb.get("samples"),
+            "auto": fb.get("auto"), "max_float_macs": fb.get("max_float_macs"),
             "kept_float": fb.get("kept_float"), "kept_float_count": len(fb.get("kept_float") or []),
             "baseline_sqnr_db": fb.get("baseline_sqnr_db"), "final_sqnr_db": fb.get("final_sqnr_db"),
             "quantized_mac_fraction_before": fb.get("quantized_mac_fraction_before"),
