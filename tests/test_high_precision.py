@@ -174,3 +174,14 @@ def test_tiny_weight_scales_are_raised_and_codes_rerounded() -> None:
     assert inits["w"][:, 0].tolist() == [2, 1] and inits["w"][:, 1].tolist() == [-3, 7]  # 1e-4 / 6.1e-5 -> 2
     out = helpers.run(m, {"x": np.ones((1, 2), np.float32)})
     assert abs(out[0, 0] - ref[0, 0]) <= tiny and abs(out[0, 1] - ref[0, 1]) < 1e-4
+
+
+def test_explicit_opset_below_the_half_scales_names_the_fix() -> None:
+    from trtq.errors import TrtqError
+
+    w = np.random.default_rng(2).standard_normal((8, 8)).astype(np.float32)
+    mlp = model([helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")], {"w": w}, ["n", 8], opset=13)
+    data = {"x": np.ones((4, 8), np.float32)}
+    with pytest.raises(TrtqError, match="fp16 Q/DQ scales"):
+        trtq.quantize(mlp, data, config=QuantConfig(opset=17), progress=False)
+    assert trtq.quantize(mlp, data, config=QuantConfig(opset=17, high_precision="fp32"), progress=False).model

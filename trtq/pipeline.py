@@ -458,9 +458,9 @@ def _prepare(model: onnx.ModelProto, cfg: QuantConfig) -> tuple[onnx.ModelProto,
     need = WEIGHT_FORMAT_TABLE[cfg.weight_format].min_opset if cfg.codebook_weights else TABLE[cfg.precision].min_opset
     half = FLOATS[cfg.resolved_high_precision].scale_opset  # Q/DQ scales in the high precision
     if cfg.opset is not None and cfg.opset < max(own, need, half):
-        if own >= max(need, half):
+        if cfg.opset < own:
             why = f"the model's opset {own}"
-        elif need >= half:
+        elif cfg.opset < need:
             why = f"the opset {cfg.precision.upper()} needs ({need})"
         else:
             why = f"the opset of {cfg.resolved_high_precision} Q/DQ scales ({half}, --high-precision)"
