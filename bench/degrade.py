@@ -37,15 +37,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import models  # noqa: E402
 import trtq  # noqa: E402
-from data import crop_views, photo_crop  # noqa: E402
 from trtq._io import load_model  # noqa: E402
 from trtq.calibrators.degrade import DEGRADATIONS, DegradeConfig, Degraded  # noqa: E402
 from trtq.calibrators.images import ImageList, ImagePreprocess  # noqa: E402
 from trtq.config import CalibConfig, QuantConfig  # noqa: E402
 from trtq.evaluate import compare_degraded  # noqa: E402
 from trtq.testing.data import CALIB_PHOTOS, EVAL_PHOTOS, IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, load_photo  # noqa: E402
+
+import models  # noqa: E402
+from data import crop_views, photo_crop  # noqa: E402
 
 RECIPES = ("clean", "mild", "strong", "qrid")
 

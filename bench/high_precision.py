@@ -24,14 +24,15 @@ import onnx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import data  # noqa: E402
-import models  # noqa: E402
 from evaluate import fidelity  # noqa: E402
 
 from trtq import quantize  # noqa: E402
 from trtq._ort import make_session  # noqa: E402
 from trtq.config import QuantConfig  # noqa: E402
 from trtq.exporter.high_precision import cast_high_precision  # noqa: E402
+
+import data  # noqa: E402
+import models  # noqa: E402
 
 
 def attention_matmuls(model: onnx.ModelProto) -> str:

@@ -35,8 +35,9 @@ from onnx import helper
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import data  # noqa: E402
 import evaluate  # noqa: E402
+
+import data  # noqa: E402
 import models  # noqa: E402
 
 PARTS = ("minilm-weights", "minilm-acts", "effnet")

@@ -55,11 +55,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import models  # noqa: E402
 import trtq  # noqa: E402
-from data import crop_views, photo_crop, tokenizer  # noqa: E402
-from trtq._io import load_model  # noqa: E402
 from trtq import metrics  # noqa: E402
+from trtq._io import load_model  # noqa: E402
 from trtq._ort import make_session  # noqa: E402
 from trtq.calibrators.degrade import degrade  # noqa: E402
 from trtq.calibrators.select import (  # noqa: E402
@@ -75,14 +73,17 @@ from trtq.testing.data import (  # noqa: E402
     EVAL_PHOTOS,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    prose_sentences,
-    sentence_pool,
     image_batch,
     load_photo,
     mean_pooled,
+    prose_sentences,
+    sentence_pool,
     sentences,
     token_batch,
 )
+
+import models  # noqa: E402
+from data import crop_views, photo_crop, tokenizer  # noqa: E402
 
 SEQ_LEN = 128
 EVAL_IMAGES, EVAL_SENTENCES = 64, 128

@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import graphs
-import requires  # noqa: E402
+import requires
 
 
 @pytest.fixture

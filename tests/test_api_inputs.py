@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-import graphs
 import trtq
 from trtq.config import QuantConfig
 from trtq.errors import TrtqError
+
+import graphs
 
 
 def test_exclude_string_is_one_pattern(conv_model, conv_calib):

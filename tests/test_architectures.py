@@ -13,13 +13,14 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import helpers
 import numpy as np
 import onnx
 import pytest
 
 import trtq
 from trtq.config import QuantConfig
+
+import helpers
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

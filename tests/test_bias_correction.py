@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import functools
 
-import graphs
-import requires
 import numpy as np
 import onnx
 import pytest
@@ -20,6 +18,9 @@ from trtq.exporter.passes.bias_correction import bias_correction
 from trtq.exporter.passes.context import PassContext
 from trtq.exporter.placement import plan_quantization
 from trtq.exporter.qdq import insert_qdq
+
+import graphs
+import requires
 
 OPSET = 19
 SEED = 0

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import functools
 
-import graphs
-from helpers import initializers
 import numpy as np
 import onnx
 import pytest
-from onnx import helper, numpy_helper
+from onnx import helper
 
 import trtq
 from trtq._ort import make_session
@@ -17,6 +15,9 @@ from trtq.config import QuantConfig
 from trtq.errors import TrtqError
 from trtq.exporter.passes.cle import CleOptions, cross_layer_equalization
 from trtq.exporter.passes.context import PassContext
+
+import graphs
+from helpers import initializers
 
 OPSET = 18
 SEED = 0

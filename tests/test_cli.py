@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import graphs
 from trtq.cli import main
+
+import graphs
 
 
 def _trtq(*args: str) -> subprocess.CompletedProcess[str]:

@@ -7,13 +7,14 @@ import onnx
 import pytest
 from onnx import helper
 
-import graphs
-import helpers
 import trtq
 from trtq.calibrators.data import open_batches
 from trtq.config import QuantConfig
 from trtq.errors import TrtqError
 from trtq.exporter.conv_rounding import _accumulate, _conv_geometry, round_conv_weight, round_convs
+
+import graphs
+import helpers
 
 
 def _reference_patches(x: np.ndarray, k: int, stride: int, pad: int) -> np.ndarray:

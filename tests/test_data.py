@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import graphs
 from trtq.calibrators.data import BatchStream, InputSpec, model_inputs, open_batches
 from trtq.errors import TrtqError
+
+import graphs
 
 SPEC = [InputSpec("input", np.dtype(np.float32), (None, 3, 12, 12))]
 

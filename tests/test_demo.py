@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
+from trtq.cli import main
 
 import requires
-
-from trtq.cli import main
 
 requires.module("torch")
 requires.module("sklearn")

@@ -14,9 +14,10 @@ import numpy as np
 import onnx
 import pytest
 
-import graphs
 import trtq
 from trtq.config import QuantConfig
+
+import graphs
 
 CASES = {
     "cnn-int8": (graphs.conv_block, graphs.conv_data, "int8"),

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import graphs
 from trtq.cli import main
 from trtq.engine import BuildConfig, command_lines, decide, parse_cache, parse_shapes, write_calib_cache
 from trtq.engine.calib_cache import cache_text, header
 from trtq.errors import TrtqError
+
+import graphs
 
 SHAPES = parse_shapes(["input:1x3x12x12,8x3x12x12,32x3x12x12"])
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None

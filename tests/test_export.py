@@ -11,12 +11,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-import requires
-
 from trtq._shapes import add_inferred_shapes
 from trtq.errors import TrtqError
 from trtq.exporter import torch_export
 from trtq.exporter.torch_export import export
+
+import requires
 
 torch = requires.module("torch")
 nn = torch.nn

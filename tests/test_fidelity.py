@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 
-import graphs
 import numpy as np
 from test_sensitivity import _mlp_data, outlier_mlp
 
 import trtq
 from trtq.config import QuantConfig
 from trtq.fidelity import LOW_SQNR_DB, choose_samples
+
+import graphs
 
 
 def test_low_output_sqnr_warns_with_the_noisy_layer_and_the_flags(caplog):

@@ -22,13 +22,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import graphs
 from trtq import _io
 from trtq.calibrators.data import open_batches
 from trtq.calibrators.images import ImageFolder, load_preprocess
 from trtq.calibrators.text import TextSource
 from trtq.config import QuantConfig
 from trtq.errors import TrtqError
+
+import graphs
 
 EXAMPLES = int(os.environ.get("TRTQ_FUZZ_EXAMPLES", "50"))  # per loader; raise it for a deeper local run
 TRIED: dict[str, int] = {}

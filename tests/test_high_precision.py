@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import graphs
-import helpers
 import numpy as np
 import onnx
 import pytest
@@ -14,6 +12,9 @@ from trtq.config import QuantConfig
 from trtq.exporter.check import check
 from trtq.exporter.high_precision import cast_high_precision
 from trtq.metrics import sqnr_db
+
+import graphs
+import helpers
 
 F, H = TensorProto.FLOAT, TensorProto.FLOAT16
 

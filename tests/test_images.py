@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import graphs
-import helpers
 from trtq.calibrators.data import BatchStream, InputSpec
 from trtq.calibrators.images import (
     ANY_INPUT,
@@ -22,6 +20,9 @@ from trtq.calibrators.images import (
     read_rgb,
 )
 from trtq.errors import TrtqError
+
+import graphs
+import helpers
 
 SPEC = [InputSpec("input", np.dtype(np.float32), (None, 3, 12, 12))]
 

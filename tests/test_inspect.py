@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import graphs
 import numpy as np
 import onnx
 import pytest
@@ -13,6 +12,8 @@ import trtq
 from trtq.cli import main
 from trtq.config import QuantConfig
 from trtq.exporter.macs import count_macs
+
+import graphs
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,11 @@ import numpy as np
 import onnx
 import pytest
 
-import graphs
-import helpers
 from trtq import _io
 from trtq.errors import TrtqError
+
+import graphs
+import helpers
 
 
 def test_large_models_keep_weights_in_external_data(tmp_path, monkeypatch):

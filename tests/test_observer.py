@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import graphs
 import numpy as np
 import pytest
 
@@ -19,6 +18,8 @@ from trtq.calibrators.stats import (
 )
 from trtq.exporter.passes.bias_correction import TapSums
 from trtq.plugins.apply import ValueSample
+
+import graphs
 
 MODEL = graphs.attention_block(hidden=32)
 DATA = graphs.attention_data(12, hidden=32)  # masks hold -inf: the sentinel rule is exercised

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import graphs
 import onnxruntime as ort
 
 import trtq
 from trtq._ort import has_qdq, make_session
+
+import graphs
 
 
 def _exact(session: ort.InferenceSession) -> bool:

@@ -12,10 +12,11 @@ import json
 import onnxruntime as ort
 import pytest
 
-import graphs
 from trtq import _ort
 from trtq.cli import main
 from trtq.errors import TrtqError
+
+import graphs
 
 CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 

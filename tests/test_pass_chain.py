@@ -8,13 +8,14 @@ may differ from the folding passes' output.
 
 from __future__ import annotations
 
-import graphs
-import helpers
 import numpy as np
 import onnx
 import pytest
 
 from trtq.exporter.passes.registry import default_passes, registered_passes, resolve_passes, run_passes
+
+import graphs
+import helpers
 
 FOLDING = [name for name, p in registered_passes().items() if not p.reads_plan]
 

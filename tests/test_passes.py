@@ -5,20 +5,20 @@ from __future__ import annotations
 import dataclasses
 import inspect
 
-import graphs
 import numpy as np
 import onnx
 import pytest
-from helpers import pass_context
 from onnx import helper
 
 import trtq
 from trtq.cli import build_parser
 from trtq.config import QuantConfig
 from trtq.errors import TrtqError
-from trtq.exporter.passes import PassContext, PassResult, registered_passes, run_passes
-from trtq.exporter.passes import registry
+from trtq.exporter.passes import PassContext, PassResult, registered_passes, registry, run_passes
 from trtq.exporter.passes.registry import GraphPass, parse_pass_option, resolve_passes
+
+import graphs
+from helpers import pass_context
 
 PASSES = list(registered_passes())
 
@@ -59,7 +59,7 @@ def test_a_pass_never_modifies_its_input(name: str, family: str) -> None:
 
 def test_registry_names_are_module_names_and_contexts_typed() -> None:
     expected_order = ["fold_batchnorm", "cle", "rotate", "rotate_online", "smoothquant", "repq", "bias_correction"]
-    assert PASSES == expected_order
+    assert expected_order == PASSES
     for name, graph_pass in registered_passes().items():
         module = graph_pass.fn.__module__.rsplit(".", 1)[-1]
         assert module == name or (name, module) == ("rotate_online", "rotate")

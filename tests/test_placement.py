@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-import graphs
 from trtq.exporter.placement import plan_quantization
+
+import graphs
 
 
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:

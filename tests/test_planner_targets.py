@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from onnx import helper, numpy_helper
 
-import graphs
 import trtq
 from trtq.config import QuantConfig, Target
 from trtq.exporter.placement import plan_quantization
+
+import graphs
 
 
 def conv(op: str, weight_shape: tuple[int, ...], group: int = 1) -> object:

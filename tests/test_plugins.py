@@ -9,8 +9,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from graphs import attention_block, attention_data, conv_block, conv_data
-from helpers import run, sqnr_db
 from trtq.config import ActQuantConfig, QuantConfig
 from trtq.errors import TrtqError
 from trtq.plugins.fit import fit_codebook_weight, lloyd_max
@@ -23,6 +21,9 @@ from trtq.plugins.reference import (
     from_canonical,
     unpack_codes,
 )
+
+from graphs import attention_block, attention_data, conv_block, conv_data
+from helpers import run, sqnr_db
 
 
 def test_lloyd_max_on_a_gaussian_gives_the_known_levels():

@@ -9,14 +9,14 @@ import ml_dtypes
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
 
-import graphs
-import requires
-import helpers
 import trtq
 from trtq.config import QuantConfig, Target
 from trtq.errors import TrtqError
+
+import graphs
+import helpers
+import requires
 
 
 def _nodes(model: onnx.ModelProto, op: str) -> list[onnx.NodeProto]:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-import graphs
 from trtq.cli import main
+
+import graphs
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -13,10 +13,10 @@ import numpy as np
 import onnx
 import pytest
 
-import requires
-
 import trtq
 from trtq._ort import make_session
+
+import requires
 
 pytestmark = pytest.mark.slow
 requires.module("torch")

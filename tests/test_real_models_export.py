@@ -8,11 +8,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
-import requires
 from onnx import numpy_helper
 
 from trtq.exporter.passes import PassContext, fold_batchnorm
+
+import requires
 
 torch = requires.module("torch")
 from trtq.testing import models  # noqa: E402  (a broken import fails: never skipped)

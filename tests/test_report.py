@@ -8,7 +8,6 @@ import json
 from html.parser import HTMLParser
 from pathlib import Path
 
-import graphs
 import numpy as np
 import pytest
 
@@ -17,6 +16,8 @@ from trtq.cli import main
 from trtq.config import QuantConfig
 from trtq.reporting import SECTIONS, plots
 from trtq.targets import TARGETS
+
+import graphs
 
 
 class Page(HTMLParser):

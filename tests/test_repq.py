@@ -7,6 +7,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+import trtq
+from trtq._ort import make_session, outputs_added
+from trtq.config import QuantConfig
+from trtq.exporter.passes.repq import RepqOptions, repq_reparameterize, repq_scales
+
 from graphs import (
     bert_block,
     bert_data,
@@ -18,11 +23,6 @@ from graphs import (
     two_norms_one_weight,
 )
 from helpers import assert_exact_and_helps_int8, initializers, minilm_sentences, pass_context, relative_error
-
-import trtq
-from trtq._ort import make_session, outputs_added
-from trtq.config import QuantConfig
-from trtq.exporter.passes.repq import RepqOptions, repq_reparameterize, repq_scales
 
 
 @pytest.mark.parametrize("shift", [True, False])

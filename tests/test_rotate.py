@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import graphs
-from helpers import assert_same_outputs, initializers
 import numpy as np
 import onnx
 import pytest
@@ -22,6 +20,9 @@ from trtq.exporter.passes.rotate import (
     rotate,
     rotate_online,
 )
+
+import graphs
+from helpers import assert_same_outputs, initializers
 
 HIDDEN, HEADS, HEAD_DIM, FFN, SEQ = 64, 4, 16, 192, 6
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+
 import requires
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import graphs
-import helpers
 import numpy as np
 import onnx
 import pytest
@@ -21,6 +19,9 @@ from trtq.exporter.macs import count_macs
 from trtq.exporter.placement import plan_quantization
 from trtq.exporter.qdq import insert_qdq
 from trtq.sensitivity import sensitivity_fallback, unit_owners, without_units
+
+import graphs
+import helpers
 
 OPSET = 17
 MLP_MACS = {"fc1": 16 * 32, "fc2": 32 * 32, "fc3": 32 * 8}

@@ -7,18 +7,17 @@ import math
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
-from graphs import bert_block, bert_data, init_typed, opset17_model, two_norm_data, two_norms_one_weight
-from helpers import assert_exact_and_helps_int8, initializers, minilm_sentences, pass_context, relative_error
+from onnx import TensorProto, helper
 
 import trtq
 from trtq._ort import make_session
-from trtq.calibrators.data import open_batches
 from trtq.config import QuantConfig
 from trtq.errors import TrtqError
 from trtq.exporter.passes.context import PassContext
 from trtq.exporter.passes.smoothquant import ALPHAS, SmoothQuantOptions, search_alpha, smoothquant
+
+from graphs import bert_block, bert_data, init_typed, opset17_model, two_norm_data, two_norms_one_weight
+from helpers import assert_exact_and_helps_int8, initializers, minilm_sentences, pass_context, relative_error
 
 
 def keep_only(*names: str) -> tuple[str, ...]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-import graphs
 from trtq.calibrators.data import open_batches
 from trtq.calibrators.stats import TensorStats, collect_stats
+
+import graphs
 
 
 def test_nonfinite_and_mask_sentinels_are_excluded_and_counted():

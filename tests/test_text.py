@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import requires
-
 from trtq.calibrators.data import BatchStream, InputSpec
 from trtq.calibrators.text import TextOptions, TextSource
 from trtq.errors import TrtqError
+
+import requires
 
 
 def toy_tokenizer(texts: list[str]) -> dict[str, list[list[int]]]:

@@ -7,11 +7,12 @@ import numpy as np
 import onnx
 from onnx import helper
 
-import graphs
-import helpers
 import trtq
 from trtq.exporter.placement import plan_quantization
 from trtq.exporter.weight_subgraphs import fold_weight_subgraphs
+
+import graphs
+import helpers
 
 
 def tied_mlp() -> onnx.ModelProto:

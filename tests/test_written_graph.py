@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 
-import graphs
 import ml_dtypes
 import numpy as np
 import onnx
@@ -13,6 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import trtq
+
+import graphs
 
 MODELS = {
     "conv": (lambda: graphs.conv_block(channels=32), lambda: graphs.conv_data(16)),

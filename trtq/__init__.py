@@ -23,28 +23,28 @@ if TYPE_CHECKING:
     from trtq.reporting import report
 
 __all__ = [
-    # verbs
-    "export",
-    "calibrate",
-    "quantize",
-    "check",
-    "compare",
-    "report",
-    "inspect",
-    "build",
     # configuration
     "BuildConfig",
-    "CalibConfig",
-    "QuantConfig",
-    "Target",
     # results and errors
     "BuildResult",
+    "CalibConfig",
     "CheckReport",
     "CompareReport",
     "InspectReport",
+    "QuantConfig",
     "QuantizeResult",
+    "Target",
     "TrtqError",
     "__version__",
+    "build",
+    "calibrate",
+    "check",
+    "compare",
+    # verbs
+    "export",
+    "inspect",
+    "quantize",
+    "report",
 ]
 
 _LAZY = {

@@ -40,7 +40,7 @@ def inferred_graph(model: onnx.ModelProto, stub_elements: int = STUB_ELEMENTS) -
     light = _light_copy(model, stub_elements)
     try:
         return onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True).graph
-    except Exception as exc:  # noqa: BLE001 - onnx raises InferenceError, ValueError or RuntimeError
+    except Exception as exc:
         logger.warning("onnx shape inference failed, keeping the declared shapes: %s", exc)
         return light.graph
 

@@ -13,8 +13,6 @@ from trtq.precision import DEFAULT_BLOCK_SIZE, FLOATS, LOG_STEPS, PRECISIONS, TA
 from trtq.targets import TARGETS, TRT_VERSIONS, TargetSpec
 
 __all__ = [
-    "JsonConfig",
-    "check_field_types",
     "ACT_QUANT_METHODS",
     "CALIB_METHODS",
     "CONV_METHODS",
@@ -29,10 +27,12 @@ __all__ = [
     "WEIGHT_FORMATS",
     "ActQuantConfig",
     "CalibConfig",
+    "JsonConfig",
     "QuantConfig",
     "SelectConfig",
     "Target",
     "TargetSpec",
+    "check_field_types",
 ]
 
 CALIB_METHODS = ("minmax", "percentile", "entropy", "mse")

@@ -39,15 +39,15 @@ import triton.language as tl
 
 __all__ = [
     "DEQUANT_BLOCK",
-    "codebook_dequant_kernel",
-    "codebook_matmul_kernel",
-    "log_fake_quant_kernel",
     "LOG_BLOCK",
     "CompiledKernel",
+    "codebook_dequant_kernel",
     "codebook_matmul",
+    "codebook_matmul_kernel",
     "compile_ptx",
     "dequantize",
     "log_constants",
+    "log_fake_quant_kernel",
     "log_fake_quantize",
 ]
 

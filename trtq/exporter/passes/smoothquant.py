@@ -32,8 +32,8 @@ then changes nothing.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
