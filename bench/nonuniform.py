@@ -173,7 +173,8 @@ def markdown(rows: list[dict]) -> str:
         fid = (f"cosine {r['cosine']:.4f} (min {r['cosine_min']:.3f})" if "cosine" in r
                else f"SQNR {r['sqnr_db']:.2f} dB, top-1 {r['top1_agree']:.3f}")
         qb = f"{r['quantized_weight_bytes']:,}" if r.get("quantized_weight_bytes") else "-"
-        lines.append(f"| {r['model']} | {r['row']} | {r['bits']} | {fid} | {r['initializer_bytes']:,} | {qb} | {r['seconds']} |")
+        lines.append(f"| {r['model']} | {r['row']} | {r['bits']} | {fid} | {r['initializer_bytes']:,} | {qb} "
+                     f"| {r['seconds']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -97,7 +97,8 @@ def quantize_row(row: dict, python: str, script: str, paths: dict, out: Path, ti
     stem = f"{row['model']}_{row['tool']}_{row['precision']}_{row['method'] or 'default'}"
     if row.get("variant"):
         stem += "_" + row["variant"].replace("+", "_")
-    output, result, log = out / "quantized" / f"{stem}.onnx", out / "logs" / f"{stem}.json", out / "logs" / f"{stem}.log"
+    output = out / "quantized" / f"{stem}.onnx"
+    result, log = out / "logs" / f"{stem}.json", out / "logs" / f"{stem}.log"
     for p in (output, result):
         p.unlink(missing_ok=True)
     cmd = [python, str(HERE / "peers" / script), "--model", paths["fp32"], "--calib", paths["calib"],
@@ -336,7 +337,8 @@ def markdown(rows: list[dict], meta: dict, width: int | None = 160) -> str:
             "sensitivity analysis + fallback). latency ÷ none / ÷ default: the row's ONNX Runtime latency over "
             "the none row's / over the all-quantized default-passes row's (fallback rows), each latency first "
             "divided by its own FP32 latency (timed in alternation with it), which cancels machine load that "
-            "changed between the two rows; in brackets the raw ratio of the two latencies. MAC % quantized: share of Conv/Gemm/MatMul "
+            "changed between the two rows; in brackets the raw ratio of the two latencies. "
+            "MAC % quantized: share of Conv/Gemm/MatMul "
             "MACs still quantized after the fallback.",
         ]
     return "\n".join(lines + foot) + "\n"

@@ -151,7 +151,8 @@ def test_bf16_keeps_float32_range() -> None:
 
 
 def test_onnxruntime_runs_half_graphs_with_half_rounding() -> None:
-    nodes = [helper.make_node("Add", ["x", "one"], ["a"], name="a1"), helper.make_node("Add", ["a", "one"], ["b"], name="a2"),
+    nodes = [helper.make_node("Add", ["x", "one"], ["a"], name="a1"),
+             helper.make_node("Add", ["a", "one"], ["b"], name="a2"),
              helper.make_node("Add", ["b", "one"], ["y"], name="a3")]
     x = {"x": np.array([[2048.0]], np.float32)}
     for dtype, expected in (("fp16", 2048.0), ("bf16", 2048.0)):  # each +1 is rounded away in half storage

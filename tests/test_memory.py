@@ -71,7 +71,7 @@ else:
 trtq.quantize(model, data, out, calib_method="mse", progress=False)
 left = sorted(n for n in os.listdir(os.environ["TMPDIR"]) if n != ".ses")  # .ses: ONNX Runtime's own file
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, left)
-""" % {"size": SIZE}
+""" % {"size": SIZE}  # noqa: UP031 (the script holds dict braces: %-format keeps it readable)
 
 
 def _write_images(folder: Path, count: int) -> None:

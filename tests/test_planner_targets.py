@@ -56,4 +56,5 @@ def test_int4_quantize_with_an_odd_layer_keeps_it_float_and_reports_why() -> Non
     result = trtq.quantize(model, None, config=QuantConfig(precision="int4", block_size=32, target=Target("orin")),
                            progress=False)
     assert result.report["quantized_nodes"] == ["fc1"] and result.report["check"]["ok"]
-    assert result.report["skipped"][0]["node"] == "fc2" and "even last dimension" in result.report["skipped"][0]["reason"]
+    skipped = result.report["skipped"][0]
+    assert skipped["node"] == "fc2" and "even last dimension" in skipped["reason"]

@@ -84,7 +84,8 @@ def interpreted() -> dict:
     """Every kernel case run once in Triton's interpreter (a subprocess), by case id."""
     script = f"CASES = {CASES!r}\nMATMUL_CASES = {MATMUL_CASES!r}\nLOG_CASES = {LOG_CASES!r}\n" + _INTERPRETED
     env = dict(os.environ, TRITON_INTERPRET="1")
-    done = subprocess.run([sys.executable, "-c", script], check=False, env=env, capture_output=True, text=True, timeout=600,
+    done = subprocess.run([sys.executable, "-c", script], check=False, env=env, capture_output=True, text=True,
+                          timeout=600,
                           stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -106,7 +106,8 @@ def test_onnx_face_equals_the_numpy_reference_in_ort(fmt, group):
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     np.testing.assert_allclose(y, fake_quantize_log(probs, 0.9, 0.5, 0.0, 4), rtol=1e-5, atol=1e-7)
-    ref_z = torch.nn.functional.conv2d(torch.tensor(img), torch.tensor(from_canonical(cc.dequantize(), "Conv", cv.shape)))
+    weight = torch.tensor(from_canonical(cc.dequantize(), "Conv", cv.shape))
+    ref_z = torch.nn.functional.conv2d(torch.tensor(img), weight)
     np.testing.assert_allclose(z, ref_z.numpy(), rtol=1e-5, atol=1e-5)
     # the weight face's Wc is bit-exact: read it back from ORT
     wc_name = next(o for n in model.graph.node for o in n.output if o.endswith("w_codebook_dequantized"))
@@ -157,7 +158,8 @@ def test_quantize_codebook_end_to_end_conv_and_attention():
         sq[fmt] = sqnr_db(ref, run(r.model, conv_data(2, seed=1)))
         entry = r.report["tensors"]["w1"]
         assert entry["format"] == fmt and entry["activation_aware"] and len(entry["codebook"][0]) == 16
-        assert r.report["summary"]["codebook_weight_bytes"]["stored"] < r.report["summary"]["codebook_weight_bytes"]["float32"] / 4
+        stored = r.report["summary"]["codebook_weight_bytes"]
+        assert stored["stored"] < stored["float32"] / 4
         assert any(f["rule"] == "nonuniform-face" for f in r.report["check"]["findings"])
     assert sq["codebook4"] > sq["uniform4"] > 15
     attn, adata = attention_block(hidden=64), attention_data(8, hidden=64)
@@ -167,7 +169,8 @@ def test_quantize_codebook_end_to_end_conv_and_attention():
     assert a.model.SerializeToString() == b.model.SerializeToString()  # deterministic
     assert json.dumps(a.report, sort_keys=True) == json.dumps(b.report, sort_keys=True)
     assert a.report["tensors"]["wq"]["gptq_kept"] in ("gptq", "nearest")
-    assert sqnr_db(run(attn, attention_data(2, seed=1, hidden=64)), run(a.model, attention_data(2, seed=1, hidden=64))) > 8
+    feeds = attention_data(2, seed=1, hidden=64)
+    assert sqnr_db(run(attn, feeds), run(a.model, feeds)) > 8
 
 
 def test_quantize_log_activations_replace_uniform_qdq():

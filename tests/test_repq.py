@@ -75,7 +75,8 @@ def _norm_into_bias_free_linears() -> onnx.ModelProto:
     """LayerNorm -> MatMul without a bias (the shift needs a new Add), and -> Gemm(transB) with C."""
     rs = np.random.RandomState(8)
     inits = norm_params(rs, "ln", 32, (4, 11))
-    inits += [init_typed("w", rs.randn(32, 16) / 6), init_typed("gw", rs.randn(8, 32) / 6), init_typed("gc", rs.randn(8))]
+    inits += [init_typed("w", rs.randn(32, 16) / 6), init_typed("gw", rs.randn(8, 32) / 6),
+              init_typed("gc", rs.randn(8))]
     nodes = [
         layernorm("ln", "x", "n"),
         helper.make_node("MatMul", ["n", "w"], ["y"], name="mm"),

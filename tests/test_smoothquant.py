@@ -40,7 +40,8 @@ def test_each_fold_target_is_exact(consumers, kind, through):
     model = bert_block()
     data = bert_data(64)
     before = model.SerializeToString()
-    result = smoothquant(model, pass_context(model, data, exclude=keep_only(*consumers)), SmoothQuantOptions(min_gain=FORCE))
+    ctx = pass_context(model, data, exclude=keep_only(*consumers))
+    result = smoothquant(model, ctx, SmoothQuantOptions(min_gain=FORCE))
     assert model.SerializeToString() == before  # the input model is not modified
     (entry,) = result.report["smoothed"]
     assert entry["consumers"] == list(consumers)

@@ -57,7 +57,8 @@ def test_quantize_treats_folded_subgraphs_as_weights():
     model = tied_mlp()
     data = {"x": np.random.default_rng(2).standard_normal((16, 128)).astype(np.float32)}
     int4 = trtq.quantize(model, None, precision="int4", progress=False)
-    assert int4.report["summary"]["quantized_nodes"] == 6  # before: 3 (mm1, mm3, mm5), the rest "activation x activation"
+    # before: 3 (mm1, mm3, mm5), the rest "activation x activation"
+    assert int4.report["summary"]["quantized_nodes"] == 6
     assert int4.report["folded_weight_subgraphs"] == ["V2", "Wt2", "Wt3"]
     int8 = trtq.quantize(model, data, precision="int8", progress=False)
     weights = {n for n, t in int8.report["tensors"].items() if t["kind"] == "weight"}

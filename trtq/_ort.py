@@ -15,8 +15,8 @@ import onnx
 from trtq._shapes import tensor_types
 from trtq.errors import TrtqError
 
-__all__ = ["DEVICES", "current_providers", "has_low_precision_types", "has_qdq", "make_session", "outputs_added", "providers",
-           "session_device"]
+__all__ = ["DEVICES", "current_providers", "has_low_precision_types", "has_qdq", "make_session", "outputs_added",
+           "providers", "session_device"]
 
 DEVICES = ("cuda", "cpu")
 GPU_FIX = ("install onnxruntime-gpu in place of onnxruntime: pip uninstall -y onnxruntime && pip install "
@@ -72,7 +72,8 @@ def providers(device: str | None = None) -> list[str]:
     available = ort.get_available_providers()
     has_cuda = "CUDAExecutionProvider" in available
     if device == "cuda" and not has_cuda:
-        raise TrtqError(f"onnxruntime {ort.__version__} has no CUDA execution provider (it has: {', '.join(available)}).",
+        raise TrtqError(f"onnxruntime {ort.__version__} has no CUDA execution provider "
+                        f"(it has: {', '.join(available)}).",
                         GPU_FIX)
     if device == "cpu" or not has_cuda:
         return ["CPUExecutionProvider"]

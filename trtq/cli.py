@@ -78,7 +78,8 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
                    "on the calibration data; rtn: nearest)")
     p.add_argument("--conv-samples", type=int, default=QuantConfig.conv_samples, metavar="N",
                    help=f"calibration samples the conv weight statistics use (default {QuantConfig.conv_samples})")
-    p.add_argument("--opset", type=int, help="output opset (default: the lowest the precision needs; never below the model's own)")
+    p.add_argument("--opset", type=int,
+                   help="output opset (default: the lowest the precision needs; never below the model's own)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     p.add_argument("--passes", help="comma-separated graph passes to run before calibration, in this order "
                    f"whatever order they are listed in: {_pass_help()}; 'none' for no pass (default: per "
@@ -321,7 +322,8 @@ def _act_quant(args: argparse.Namespace) -> ActQuantConfig | None:
         if args.act_quant_tensors:
             raise TrtqError("--act-quant-tensors needs --act-quant.", "add --act-quant log2|logsqrt2|adalog.")
         return None
-    tensors = tuple(t.strip() for t in args.act_quant_tensors.split(",") if t.strip()) if args.act_quant_tensors else None
+    names = args.act_quant_tensors
+    tensors = tuple(t.strip() for t in names.split(",") if t.strip()) if names else None
     return ActQuantConfig(args.act_quant, bits=args.act_quant_bits, tensors=tensors)
 
 
@@ -636,7 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `trtq` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
     except TrtqError as exc:

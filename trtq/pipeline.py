@@ -415,7 +415,8 @@ def _load_input(model: Any, example_inputs: Any, output: Any) -> tuple[onnx.Mode
         copy.CopyFrom(model)
         return copy, {"path": None, "sha256": None}
     if type(model).__module__.startswith("torch") or hasattr(model, "state_dict"):
-        return _export_torch(model, example_inputs), {"path": None, "sha256": None, "exported_from": type(model).__name__}
+        source = {"path": None, "sha256": None, "exported_from": type(model).__name__}
+        return _export_torch(model, example_inputs), source
     raise TrtqError(
         f"cannot quantize a {type(model).__name__}.",
         "pass an ONNX path, an onnx.ModelProto or a torch.nn.Module with example_inputs.",

@@ -297,7 +297,8 @@ def sensitivity_fallback(
         decision = FallbackDecision("", False, f"all quantized: {baseline:.2f} dB >= {AUTO_ABOVE_DB:g} dB, "
                                     "nothing to gain from floating-point layers")
         result = FallbackResult(plan, [], [], [], baseline, scorer.samples, budget, target_sqnr, macs,
-                                list(gates), weights, auto=True, max_float_macs=max_float_macs or DEFAULT_MAX_FLOAT_MACS,
+                                list(gates), weights, auto=True,
+                                max_float_macs=max_float_macs or DEFAULT_MAX_FLOAT_MACS,
                                 min_gain_db=min_gain_db, decisions=[decision],
                                 seconds=time.perf_counter() - started)
         _log(result)
@@ -606,7 +607,8 @@ def _auto_fall_back(scorer: _Scorer, units: list[UnitSensitivity], baseline: flo
             break
         sqnr = scorer.sqnr_db(quantized - {u.unit})
         if sqnr - current < min_gain:
-            decisions.append(FallbackDecision(u.unit, False, f"measured gain {sqnr - current:.2f} dB < {min_gain:g} dB"))
+            gain = f"measured gain {sqnr - current:.2f} dB < {min_gain:g} dB"
+            decisions.append(FallbackDecision(u.unit, False, gain))
             break
         quantized.discard(u.unit)
         used += share[u.unit]

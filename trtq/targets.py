@@ -150,7 +150,8 @@ class TargetSpec:
 
     @property
     def default_high_precision(self) -> str:
-        """The precision of the layers left unquantized by default: fp16 where it runs (everywhere TensorRT 10+ runs)."""
+        """The precision of the layers left unquantized by default: fp16 where it runs (everywhere TensorRT 10+
+        runs)."""
         return "fp16" if self.runs("fp16") else "fp32"
 
 

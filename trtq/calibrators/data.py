@@ -215,7 +215,8 @@ class BatchStream:
                 )
             raw = {next(iter(self._inputs)): raw["__single__"]}
         self._check_names(list(raw))
-        return {name: _conform(np.asarray(to_numpy(raw[name])), self._inputs[name], self._what) for name in self._inputs}
+        return {name: _conform(np.asarray(to_numpy(raw[name])), self._inputs[name], self._what)
+                for name in self._inputs}
 
 
 def _size_hint(spec: InputSpec, source: Any) -> str:
@@ -250,12 +251,12 @@ def _conform(arr: np.ndarray, spec: InputSpec, what: str) -> np.ndarray:
             "resize or pad the data to the model's input shape (or export the model with dynamic axes).",
         )
     if arr.dtype != spec.dtype:
-        if arr.dtype.kind != spec.dtype.kind and not (arr.dtype.kind in "iub" and spec.dtype.kind in "iu"):
-            if not (arr.dtype.kind in "iuf" and spec.dtype.kind == "f"):
-                raise TrtqError(
-                    f"{what} array {spec.name!r} has dtype {arr.dtype}; the model expects {spec.dtype}.",
-                    f"convert the data to {spec.dtype}.",
-                )
+        if (arr.dtype.kind != spec.dtype.kind and not (arr.dtype.kind in "iub" and spec.dtype.kind in "iu")
+                and not (arr.dtype.kind in "iuf" and spec.dtype.kind == "f")):
+            raise TrtqError(
+                f"{what} array {spec.name!r} has dtype {arr.dtype}; the model expects {spec.dtype}.",
+                f"convert the data to {spec.dtype}.",
+            )
         arr = arr.astype(spec.dtype)
     return np.ascontiguousarray(arr)
 

@@ -243,9 +243,9 @@ class TextSource:
 
 def _rows(value: Any) -> list[Any] | None:
     """The rows of a ragged list of sequences, or None when `value` is a regular array."""
-    if isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple, np.ndarray)):
-        if len({len(r) for r in value}) > 1:
-            return list(value)
+    if (isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple, np.ndarray))
+            and len({len(r) for r in value}) > 1):
+        return list(value)
     return None
 
 

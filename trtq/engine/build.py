@@ -158,7 +158,8 @@ def build(model: str | os.PathLike[str], output: str | os.PathLike[str], config:
     inspected = _trt.inspect_engine(trt, engine)
     report = {
         "trtq": __version__,
-        "versions": {"tensorrt": trt.__version__, "polygraphy": _version("polygraphy"), "python": platform.python_version()},
+        "versions": {"tensorrt": trt.__version__, "polygraphy": _version("polygraphy"),
+                     "python": platform.python_version()},
         "gpu": device,
         "onnx": {"path": str(model), "sha256": file_sha256(model)},
         "engine": {"path": str(output), "sha256": hashlib.sha256(engine).hexdigest(), "bytes": len(engine)},

@@ -53,7 +53,8 @@ class EngineRunner:
             out = self._runner.infer(feed_dict=batch)
         except Exception as exc:
             raise TrtqError(f"TensorRT failed to run a batch: {exc}",
-                            "give the data shapes inside the engine's optimization profile (its .engine.json).") from exc
+                            "give the data shapes inside the engine's optimization profile (its .engine.json).",
+                            ) from exc
         return {**batch, **{k: np.array(v) for k, v in out.items()}}
 
     def close(self) -> None:

@@ -14,7 +14,8 @@ Every node whose float tensors are float32 is assigned a precision p(n) in {H, f
 A node with p(n) = H reads and writes H: its float32 initializers (weights, biases, Q/DQ scales, mask
 constants) become r(w), saturated to +-max(H) rather than overflowing to inf; a float Constant's value
 and a Cast-to-float's target become H. A QuantizeLinear reading a float32 tensor (a graph input, an
-output of a float32 node) stays float32 and only its DQ is H: no Cast before it. Where a tensor crosses between precisions one Cast is inserted
+output of a float32 node) stays float32 and only its DQ is H: no Cast before it. Where a tensor crosses
+between precisions one Cast is inserted
 and shared by every reader on the other side. Q/DQ nodes in an H region get H scales, so the DQ output
 is H and the quantized layer's output is H (TensorRT: "if the scale data type is kHALF or kBF16, it must
 match the input data type", NvInfer.h); H scales need opset >= 19. The model's interface stays float32

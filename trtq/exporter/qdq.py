@@ -176,7 +176,7 @@ def _weight_report(slot: WeightSlot, qw: QuantizedWeight, shape: tuple[int, ...]
                    block_size: int, consumers: list[tuple[str, int]], *, aware: bool) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "kind": "weight",
-        "method": "max" if not TABLE[precision].blockwise else ("activation-weighted-mse-clip" if aware else "mse-clip"),
+        "method": ("activation-weighted-mse-clip" if aware else "mse-clip") if TABLE[precision].blockwise else "max",
         "shape": list(shape),
         "axis": None if slot.axis < 0 else slot.axis,
         "amax": np.round(qw.amax.astype(np.float64), 9).tolist(),

@@ -19,7 +19,8 @@ import numpy as np
 
 from trtq.precision import TABLE, FloatType
 
-__all__ = ["INT4_CLIP_GRID", "QuantizedWeight", "quantize_int4_blockwise", "quantize_per_channel", "representable_scale"]
+__all__ = ["INT4_CLIP_GRID", "QuantizedWeight", "quantize_int4_blockwise", "quantize_per_channel",
+           "representable_scale"]
 
 _TINY = np.finfo(np.float32).tiny
 _INT4 = TABLE["int4"]

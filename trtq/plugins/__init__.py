@@ -2,7 +2,8 @@
 
 This docstring is the contract between the quantizers (`trtq.plugins.reference` is the numpy
 single source of truth, `trtq.plugins.fit` chooses the numbers, `trtq.plugins.onnx_face` writes the
-standard-ONNX graph; `fit` and `onnx_face` land after this contract) and the TensorRT face (custom plugin nodes, kernels). Every kernel must match
+standard-ONNX graph; `fit` and `onnx_face` land after this contract) and the TensorRT face (custom plugin
+nodes, kernels). Every kernel must match
 `reference.dequantize_codebook` / `reference.fake_quantize_log` bit for bit in float32.
 
 Weights: codebook formats

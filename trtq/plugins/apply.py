@@ -37,7 +37,8 @@ from trtq.plugins.onnx_face import LogParams, WeightSite
 from trtq.plugins.reference import GELU_SHIFT, canonical_matrix, fake_quantize_log
 
 __all__ = [
-    "ADALOG_R", "CodebookPlan", "ValueSample", "act_consumers", "default_act_tensors", "fit_log_activations", "plan_codebook",
+    "ADALOG_R", "CodebookPlan", "ValueSample", "act_consumers", "default_act_tensors", "fit_log_activations",
+    "plan_codebook",
     "quantize_codebook", "search_log", "weight_report",
 ]
 

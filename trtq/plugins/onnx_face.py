@@ -162,7 +162,8 @@ def _weight_face(b: _Builder, name: str, cw: CodebookWeight, site: WeightSite) -
     s3 = b.op("Unsqueeze", [s32, b.const("group_axis", np.array([2], i64))], "scales_3d")
     sx = b.op("Expand", [s3, b.const("group_expand", np.array([n, n_groups, g], i64))], "scales_expanded")
     sflat = b.op("Reshape", [sx, b.const("scales_shape", np.array([n, n_groups * g], i64))], "scales_flat")
-    srow = b.op("Slice", [sflat, zero2, b.const("k_scales", np.array([k], i64)), b.const("axis1_s", np.array([1], i64))],
+    srow = b.op("Slice", [sflat, zero2, b.const("k_scales", np.array([k], i64)),
+                          b.const("axis1_s", np.array([1], i64))],
                 "scales_per_weight")
     wc = b.op("Mul", [levels, srow], f"{name}_codebook_dequantized", np.float32)
     b.describe_last(_face_doc("CodebookDequantize", [codes.name, codebook.name, scales.name], wc.name,

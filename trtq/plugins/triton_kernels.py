@@ -24,7 +24,8 @@ k2 = −a·ln2 rounded to float32 as `reference.quantize_log` does:
     y = max(x + c, 0);  q = round_half_even(k1·ln(y) + k0);  x̂ = s·exp(k2·max(q, 0)) − c if q < 2**b − 1
     else −c
 Kernels compile without FMA contraction (``enable_fp_fusion=False``), as the reference rounds the
-multiply and the add apart. On a GPU `ln`/`exp` are the device's (within 2 ulp), so a value on a rounding boundary may land on a
+multiply and the add apart. On a GPU `ln`/`exp` are the device's (within 2 ulp), so a value on a rounding
+boundary may land on a
 neighbouring level; in the interpreter they are numpy's and the result equals the reference exactly.
 """
 

@@ -251,7 +251,8 @@ def _ranges(side: dict[str, Any], measured: dict[str, Any], count: int) -> str:
     hists = measured.get("histograms")
     tensors = side["tensors"]
     if hists:
-        body = page.note("The values entering the noisiest quantizers (lowest local SQNR) in the quantized graph, on the "
+        body = page.note("The values entering the noisiest quantizers (lowest local SQNR) in the quantized graph, "
+                         "on the "
                          "evaluation data (log counts; earlier layers already quantized, passes applied); the "
                          "dashed lines are the range ±amax chosen at calibration: values beyond them are clipped.")
         body += page.image(plots.histograms([h.to_panel() for h in hists]), "activation histograms")

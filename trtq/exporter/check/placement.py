@@ -171,4 +171,5 @@ def _fp8_conv(g: Graph) -> Iterator[Hit]:
         else:
             continue
         message = f"{what}: NVIDIA documents no FP8 kernel for it; TensorRT falls back to another precision or fails."
-        yield Hit(i, message, "leave it in floating point (trtq quantize --precision fp8 does: FP16 under --high-precision).")
+        yield Hit(i, message,
+                  "leave it in floating point (trtq quantize --precision fp8 does: FP16 under --high-precision).")

@@ -163,14 +163,16 @@ def _block_quant(g: Graph) -> Iterator[Hit]:
                 f"block quantization to {type_name(q.qtype)}; TensorRT {g.trt} block-quantizes it from {first} "
                 "(10.3: INT4 only)."
             )
-            fix = f"use per-channel scales for INT8/FP8 weights, INT4 for block-wise weights, or --trt {first} or newer."
+            fix = (f"use per-channel scales for INT8/FP8 weights, INT4 for block-wise weights, "
+                   f"or --trt {first} or newer.")
             yield Hit(q.index, message, fix)
         shape = g.shape(q.data)
         if not shape or q.qtype not in LEGAL:
             continue
         axis = attr(g.nodes[q.index], "axis", 1) % len(shape)
         if q.qtype == T.INT4 and len(shape) != 2 and g.trt is not None and not trt_at_least(g.trt, "10.7"):
-            message = f"INT4 block quantization of a rank-{len(shape)} tensor; TensorRT {g.trt} blocks 2-D tensors only."
+            message = (f"INT4 block quantization of a rank-{len(shape)} tensor; "
+                       f"TensorRT {g.trt} blocks 2-D tensors only.")
             yield Hit(q.index, message, "reshape the weight to 2-D, or use --trt 10.16 or newer.")
         elif trt_at_least(g.trt, "10.13") and g.trt is not None and axis < len(shape) - 2:
             message = (

@@ -141,7 +141,8 @@ def _int4_fp32(g: Graph) -> Iterator[Hit]:
                 "on dequantized weights, not TensorRT's INT4 weight-only kernel (INT4 weights, FP16/BF16 "
                 "scales, FP16/BF16 activations)."
             )
-            yield Hit(q.index, message, "quantize with `--high-precision fp16` (the default): FP16 scales and activations.")
+            yield Hit(q.index, message,
+                      "quantize with `--high-precision fp16` (the default): FP16 scales and activations.")
 
 
 @rule("strongly-typed", "info", "10.x: FP8 / INT4 / half-precision graphs are built strongly typed")

@@ -20,7 +20,8 @@ so that the quantized layer's mean output matches the FP32 one (DFQ §4.2, "empi
 The statistics stream over the calibration data (sums only, memory bounded by the model); values at or
 above the mask sentinel are left out. The sums are exact: each value is rounded to a multiple of 2^-40
 (about 9.1e-13) and summed as integers (`_ExactSum`), so the corrected biases, like the ranges, depend
-neither on the batch size nor on the order of the samples (a float sum would: 1 ulp of a bias, seen). Only biases change; a bias shared with another node is copied, never
+neither on the batch size nor on the order of the samples (a float sum would: 1 ulp of a bias, seen).
+Only biases change; a bias shared with another node is copied, never
 changed in place. Layers left alone (INT4, ConvTranspose, a constant activation input, ...) are reported
 with the reason.
 """
@@ -83,7 +84,8 @@ def bias_correction(model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         `PassResult`; report keys: ``precision``, ``input_mean`` (how the input mean is taken),
         ``samples`` (calibration samples seen), ``layers`` (per corrected layer: ``node``, ``op``,
         ``max_abs_shift``, ``mean_abs_shift``, ``max_abs_bias``, ``bias`` = "updated" | "created" |
-        "copied from a shared constant" | "copied from a constant behind Identity / Constant nodes"), ``skipped`` ({node, reason}).
+        "copied from a shared constant" | "copied from a constant behind Identity / Constant nodes"),
+        ``skipped`` ({node, reason}).
 
     Raises:
         TrtqError: no calibration data was given.
@@ -491,7 +493,7 @@ def _replace(graph: gs.Graph, const: gs.Constant, reader: gs.Node, values: np.nd
         const.values = np.ascontiguousarray(values).astype(const.values.dtype)
         return "updated"
     copy = _new_constant(graph, f"{const.name}.bias_corrected", values, const.values.dtype)
-    reader.inputs[[i for i, t in enumerate(reader.inputs) if t is const][0]] = copy
+    reader.inputs[next(i for i, t in enumerate(reader.inputs) if t is const)] = copy
     return "copied from a shared constant"
 
 

@@ -215,9 +215,8 @@ def kronecker_split(n: int) -> tuple[int, int] | None:
         return None
     best: tuple[int, int] | None = None
     for b in range(1, int(n**0.5) + 1):
-        if n % b == 0 and has_hadamard(b) and has_hadamard(n // b):
-            if best is None or n // b + b < sum(best):
-                best = (n // b, b)
+        if n % b == 0 and has_hadamard(b) and has_hadamard(n // b) and (best is None or n // b + b < sum(best)):
+            best = (n // b, b)
     return best
 
 
