@@ -61,6 +61,7 @@ __all__ = [
     "DEFAULT_MAX_TRIALS",
     "DEFAULT_MIN_GAIN_DB",
     "DEFAULT_SAMPLES",
+    "FallbackDecision",
     "FallbackResult",
     "FallbackStep",
     "UnitSensitivity",

@@ -45,13 +45,15 @@ from onnx import numpy_helper
 
 from trtq._ort import make_session
 from trtq.exporter.weights import QuantizedWeight
+from trtq.precision import TABLE
 
-__all__ = ["ConvRounding", "ConvStats", "collect_conv_stats", "round_conv_weight", "round_convs", "write_biases"]
+__all__ = ["MAX_ROWS", "QMAX", "ConvRounding", "ConvStats", "collect_conv_stats", "round_conv_weight", "round_convs",
+           "write_biases"]
 
 logger = logging.getLogger(__name__)
 
 _TINY = np.finfo(np.float32).tiny
-QMAX = 127.0
+QMAX = TABLE["int8"].qmax  # the precision table's INT8 (narrow range)
 MAX_ROWS = 1024  # output positions per sample and conv that enter the statistics
 
 
