@@ -65,16 +65,17 @@ class Page(HTMLParser):
         return {r[0]: r[1:] for r in self.tables[cls] if r}
 
 
-@pytest.fixture
-def quantized(tmp_path: Path) -> tuple[Path, Path, Path]:
-    fp32, calib, evaluation = tmp_path / "conv.onnx", tmp_path / "calib.npz", tmp_path / "eval.npz"
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    d = tmp_path_factory.mktemp("report")
+    fp32, calib, evaluation = d / "conv.onnx", d / "calib.npz", d / "eval.npz"
     import onnx
 
     onnx.save(graphs.conv_block(), str(fp32))
     np.savez(calib, **graphs.conv_data(24))
     np.savez(evaluation, **graphs.conv_data(12, seed=5))
-    trtq.quantize(fp32, calib, tmp_path / "conv.int8.onnx", config=QuantConfig(fallback_budget=1), progress=False)
-    return tmp_path / "conv.int8.onnx", fp32, evaluation
+    trtq.quantize(fp32, calib, d / "conv.int8.onnx", config=QuantConfig(fallback_budget=1), progress=False)
+    return d / "conv.int8.onnx", fp32, evaluation
 
 
 def test_report_sections_numbers_and_inlined_images(quantized, tmp_path):
@@ -82,7 +83,7 @@ def test_report_sections_numbers_and_inlined_images(quantized, tmp_path):
     out = trtq.report(qdq, tmp_path / "r.html", data=evaluation, progress=False)
     text = out.read_text(encoding="utf-8")
     page = Page(text)
-    side = json.loads((tmp_path / "conv.int8.trtq.json").read_text())
+    side = json.loads(qdq.with_name("conv.int8.trtq.json").read_text())
 
     assert page.sections == list(SECTIONS)
     assert all(u.startswith(("data:image/png;base64,", "#")) for u in page.urls), page.urls
@@ -125,7 +126,7 @@ def test_report_without_matplotlib_or_data_keeps_its_tables(quantized, tmp_path,
     text = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert page.images == [] and "matplotlib is not installed" in text
     assert page.sections == list(SECTIONS)
-    side = json.loads((tmp_path / "conv.int8.trtq.json").read_text())
+    side = json.loads(qdq.with_name("conv.int8.trtq.json").read_text())
     noisiest = {t["tensor"]: t for t in side["fidelity"]["noisiest"]}
     assert set(page.rows("layers") if noisiest else ()) == set(noisiest)
     assert "--data EVAL.npz" in text
@@ -136,7 +137,7 @@ def test_cli_report_and_quantize_report(quantized, tmp_path, capsys):
     qdq, fp32, evaluation = quantized
     assert main(["report", str(qdq), "-o", str(tmp_path / "a.html"), "--data", str(evaluation), "--quiet"]) == 0
     assert Page((tmp_path / "a.html").read_text()).sections == list(SECTIONS)
-    calib = tmp_path / "calib.npz"
+    calib = fp32.with_name("calib.npz")
     assert main(["quantize", str(fp32), "-o", str(tmp_path / "b.onnx"), "--calib-data", str(calib), "--quiet",
                  "--report", str(tmp_path / "b.html")]) == 0
     page = Page((tmp_path / "b.html").read_text())
@@ -144,3 +145,22 @@ def test_cli_report_and_quantize_report(quantized, tmp_path, capsys):
     # no sidecar beside the model: one message, exit status 2, no page
     assert main(["report", str(fp32), "-o", str(tmp_path / "c.html")]) == 2
     assert "trtq quantize" in capsys.readouterr().err and not (tmp_path / "c.html").exists()
+
+
+def test_robustness_table_per_degradation_on_an_image_folder(tmp_path):
+    import onnx
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.png")
+    onnx.save(graphs.pooled_classifier(), str(tmp_path / "m.onnx"))
+    flags = ["--image-size", "16"]
+    assert main(["quantize", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "q.onnx"), "--calib-data",
+                 str(tmp_path / "images"), *flags, "--quiet"]) == 0
+    assert main(["report", str(tmp_path / "q.onnx"), "-o", str(tmp_path / "r.html"), "--data",
+                 str(tmp_path / "images"), *flags, "--degrade", "noise,blur", "--quiet"]) == 0
+    rows = [r for r in Page((tmp_path / "r.html").read_text()).tables["robustness"] if r]
+    assert [r[0] for r in rows] == ["clean", "noise:mild", "blur:mild"]
+    assert all(float(r[2]) > 0 for r in rows)
