@@ -335,10 +335,10 @@ def _precision(side: dict[str, Any], inspected: Any) -> str:
             kept = set(fb.get("kept_float", []))
             shown = units[:40]
             body += page.note("Each layer's sensitivity: the output SQNR with only that layer quantized, and its "
-                              "share of the output noise (most sensitive first).")
+                              "share of the output noise (most sensitive first; red: kept in floating point).")
             body += page.image(plots.bars([u["unit"] for u in shown],
                                           {"output SQNR dB, only this layer quantized": [u["sqnr_db"] for u in shown]},
-                                          "dB"), "per-layer sensitivity")
+                                          "dB", highlight=frozenset(kept)), "per-layer sensitivity")
             body += page.table(["layer", "op", "MACs", "SQNR dB alone", "noise share %", "kept float"],
                                [(u["unit"], u["op"], u.get("macs"), u["sqnr_db"], 100.0 * u["noise_share"],
                                  "yes" if u["unit"] in kept else "") for u in shown], cls="sensitivity")

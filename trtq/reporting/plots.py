@@ -90,8 +90,9 @@ def histograms(panels: Sequence[dict[str, Any]]) -> bytes | None:
 
 
 def bars(labels: Sequence[str], series: dict[str, Sequence[float]], xlabel: str,
-         percent: bool = False) -> bytes | None:
-    """Grouped horizontal bars: one group per label, one bar per series (e.g. MAC and weight-byte shares)."""
+         percent: bool = False, highlight: frozenset[str] = frozenset()) -> bytes | None:
+    """Grouped horizontal bars: one group per label, one bar per series (e.g. MAC and weight-byte shares);
+    the bars of `highlight` labels in red (e.g. the layers kept in floating point)."""
     if matplotlib_version() is None or not labels:
         return None
     n, k = len(labels), len(series)
@@ -101,8 +102,9 @@ def bars(labels: Sequence[str], series: dict[str, Sequence[float]], xlabel: str,
     height = 0.8 / k
     for j, (name, values) in enumerate(series.items()):
         vals = [100 * v for v in values] if percent else list(values)
+        base = (_BLUE, _ORANGE, _GREY, _RED)[j % 4]
         ax.barh(y - 0.4 + height * (j + 0.5), vals, height=height, label=name,
-                color=(_BLUE, _ORANGE, _GREY, _RED)[j % 4])
+                color=[_RED if label in highlight else base for label in labels])
     ax.set_yticks(y, [_short(s) for s in labels], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
