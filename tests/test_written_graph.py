@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import trtq
+from trtq.config import QuantConfig, Target
 
 import graphs
 
@@ -39,8 +40,10 @@ def test_one_quantize_per_tensor(name: str, precision: str) -> None:
 
 
 def test_fp8_scales_are_amax_over_448_and_weights_e4m3_per_channel() -> None:
-    result = trtq.quantize(graphs.attention_block(), graphs.attention_data(16), precision="fp8", target="hopper",
-                           progress=False)
+    # float32 scales: --high-precision fp32 (the default fp16 stores each scale as its nearest fp16, no
+    # smaller than fp16's smallest normal: tests/test_high_precision.py, test_quantize.test_int8_conv_block)
+    config = QuantConfig(precision="fp8", target=Target("hopper"), high_precision="fp32")
+    result = trtq.quantize(graphs.attention_block(), graphs.attention_data(16), config=config, progress=False)
     model, tensors = result.model, result.report["tensors"]
     inits = _inits(model)
     activations = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
