@@ -7,13 +7,15 @@ import pytest
 import scipy.stats
 
 from trtq.calibrators.methods import compute_amax, entropy_amax, fake_quant, mse_amax, percentile_amax
-from trtq.calibrators.stats import TensorStats
+from trtq.calibrators.stats import HistogramReducer, TensorStats
 
 
 def _stats(values: np.ndarray, bins: int = 2048) -> TensorStats:
     st = TensorStats("t")
-    absx = st.update(values, len(values))
-    st.add_to_histogram(absx, bins)
+    st.update(values, len(values))
+    histogram = HistogramReducer({"t": st.amax}, bins)  # the pipeline's second pass, over the fixed range
+    histogram.update({"t": values}, {}, len(values))
+    st.hist = histogram.hist["t"]
     return st
 
 
