@@ -65,7 +65,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--act-quant", choices=ACT_QUANT_METHODS,
                    help="logarithmic quantizer on chosen activations instead of uniform Q/DQ: log2, logsqrt2, "
                    "adalog (default tensors: post-Softmax and post-GELU MatMul inputs)")
-    p.add_argument("--act-quant-bits", type=int, default=ActQuantConfig.bits, metavar="B",
+    p.add_argument("--act-quant-bits", type=int, default=None, metavar="B",
                    help="code width of --act-quant (default 8)")
     p.add_argument("--act-quant-tensors", metavar="T1,T2", help="the tensors --act-quant quantizes")
     p.add_argument("--plugins", action="store_true",
@@ -321,10 +321,13 @@ def _act_quant(args: argparse.Namespace) -> ActQuantConfig | None:
     if args.act_quant is None:
         if args.act_quant_tensors:
             raise TrtqError("--act-quant-tensors needs --act-quant.", "add --act-quant log2|logsqrt2|adalog.")
+        if args.act_quant_bits is not None:
+            raise TrtqError("--act-quant-bits needs --act-quant.", "add --act-quant log2|logsqrt2|adalog.")
         return None
     names = args.act_quant_tensors
     tensors = tuple(t.strip() for t in names.split(",") if t.strip()) if names else None
-    return ActQuantConfig(args.act_quant, bits=args.act_quant_bits, tensors=tensors)
+    bits = ActQuantConfig.bits if args.act_quant_bits is None else args.act_quant_bits
+    return ActQuantConfig(args.act_quant, bits=bits, tensors=tensors)
 
 
 def _run_quantize(args: argparse.Namespace) -> int:
