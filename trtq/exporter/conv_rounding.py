@@ -92,34 +92,33 @@ def _conv_geometry(node: onnx.NodeProto, w_shape: tuple[int, ...]) -> dict[str, 
             "pads": tuple(a.get("pads", (0, 0, 0, 0))), "dilations": tuple(a.get("dilations", (1, 1)))}
 
 
-def _patches(x: np.ndarray, geo: Mapping[str, Any]) -> np.ndarray:
-    """[N, C, Ho, Wo, kh·kw] im2col view of x (NCHW) for the conv's geometry (padding zeros included)."""
+def _windows(x: np.ndarray, geo: Mapping[str, Any]) -> np.ndarray:
+    """[N, C, Ho, Wo, kh, kw] im2col view (no copy) of x (NCHW) for the conv's geometry (padding zeros included)."""
     (kh, kw), (sh, sw), (dh, dw) = geo["kernel"], geo["strides"], geo["dilations"]
     pt, pl, pb, pr = geo["pads"]
     xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     win = np.lib.stride_tricks.sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
-    win = win[:, :, ::sh, ::sw, ::dh, ::dw]
-    n, c, ho, wo = win.shape[:4]
-    return win.reshape(n, c, ho, wo, kh * kw)
+    return win[:, :, ::sh, ::sw, ::dh, ::dw]
 
 
 def _accumulate(stats: ConvStats | None, x: np.ndarray, geo: Mapping[str, Any],
                 max_rows: int = MAX_ROWS) -> ConvStats:
     """Fold one batch of a conv's input into its per-group sums of p̃·p̃ᵀ, sample by sample.
 
-    Each sample's output positions are thinned to at most `max_rows` (an even stride over them);
-    a sample's product is taken in float32 (BLAS) and summed in float64, so the sums depend neither
-    on the batch size nor on the order within a sample.
+    Each sample's output positions are thinned to at most `max_rows` (an even stride over them, in
+    row-major order), and only those positions' patches are gathered; a sample's product is taken in
+    float32 (BLAS) and summed in float64, so the sums depend neither on the batch size nor on the order
+    within a sample.
     """
     g = geo["group"]
     for sample in np.asarray(x, np.float32)[:, None]:
-        p = _patches(sample, geo)  # [1, C, Ho, Wo, T]
-        _, c, ho, wo, t = p.shape
-        cg = c // g
+        win = _windows(sample, geo)[0]  # [C, Ho, Wo, kh, kw], a view
+        c, ho, wo, kh, kw = win.shape
+        cg, t = c // g, kh * kw
+        ys, xs = np.divmod(np.arange(0, ho * wo, max(1, -(-(ho * wo) // max_rows))), wo)
+        picked = win[:, ys, xs]  # [C, R, kh, kw]: the thinned positions' patches only
         # rows per group: [G, R, K] with K in the weight's (c, i, j) order
-        rows = p.reshape(g, cg, ho * wo, t).transpose(0, 2, 1, 3).reshape(g, ho * wo, cg * t)
-        if ho * wo > max_rows:
-            rows = rows[:, :: -(-(ho * wo) // max_rows)]
+        rows = picked.reshape(g, cg, len(ys), t).transpose(0, 2, 1, 3).reshape(g, len(ys), cg * t)
         aug = np.concatenate([rows, np.ones((g, rows.shape[1], 1), np.float32)], axis=2)
         # contiguous operands keep numpy's batched matmul on BLAS (a transposed view is a slow loop)
         xtx = (np.ascontiguousarray(np.swapaxes(aug, 1, 2)) @ aug).astype(np.float64)
