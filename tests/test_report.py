@@ -164,3 +164,19 @@ def test_robustness_table_per_degradation_on_an_image_folder(tmp_path):
     rows = [r for r in Page((tmp_path / "r.html").read_text()).tables["robustness"] if r]
     assert [r[0] for r in rows] == ["clean", "noise:mild", "blur:mild"]
     assert all(float(r[2]) > 0 for r in rows)
+
+
+def test_report_lists_the_groups_the_automatic_fallback_screened_out(tmp_path):
+    import onnx
+    from test_sensitivity import _mlp_data, deep_mlp
+
+    fp32, calib = tmp_path / "deep.onnx", tmp_path / "calib.npz"
+    onnx.save(deep_mlp(), str(fp32))
+    np.savez(calib, **_mlp_data(32))
+    trtq.quantize(fp32, calib, tmp_path / "deep.int8.onnx", progress=False)  # automatic fallback: the default
+    side = json.loads((tmp_path / "deep.int8.trtq.json").read_text())["fallback"]
+    assert side["auto"] and side["kept_float"] == ["fc17"] and side["screened"]
+    page = Page(trtq.report(tmp_path / "deep.int8.onnx", tmp_path / "r.html").read_text(encoding="utf-8"))
+    rows = page.tables["screened"]
+    assert [r[0] for r in rows if r] == [g["units"][0] for g in side["screened"]]
+    assert sum(int(r[2]) for r in rows if r) == sum(len(g["units"]) for g in side["screened"])

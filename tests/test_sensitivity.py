@@ -136,6 +136,43 @@ def test_auto_fallback_passes_over_a_layer_above_the_mac_budget():
     assert result.decisions[0].unit == "fc2" and "over the MAC budget" in result.decisions[0].reason
 
 
+def deep_mlp(layers: int = 24, outlier: int = 17, seed: int = 0) -> onnx.ModelProto:
+    """x -> fc0 -> ... -> fc{layers-1} -> y (16 x 16 MatMuls, equal MACs), with `outlier_mlp`'s outlier
+    channel between fc{outlier-1} and fc{outlier}: fc{outlier} is the one bad layer."""
+    rs = np.random.RandomState(seed)
+    ws = [rs.randn(16, 16) / 4 for _ in range(layers)]
+    ws[outlier - 1][:, 0] *= 1000.0
+    ws[outlier][0, :] /= 1000.0
+    names = ["x", *(f"h{i}" for i in range(layers - 1)), "y"]
+    nodes = [helper.make_node("MatMul", [names[i], f"w{i}"], [names[i + 1]], name=f"fc{i}") for i in range(layers)]
+    graph = helper.make_graph(nodes, "deep_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+                              [_init(f"w{i}", w) for i, w in enumerate(ws)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def test_auto_fallback_screens_groups_and_keeps_what_the_full_ranking_keeps():
+    model, data = deep_mlp(), _mlp_data(32)
+    auto, _ = _fallback(model, data, auto=True)
+    full, _ = _fallback(model, data, budget=1)
+    assert full.units[0].unit == "fc17" and full.kept_float == ["fc17"] and len(full.units) == 24
+    assert auto.kept_float == ["fc17"] and auto.final_sqnr_db > auto.baseline_sqnr_db + 10
+    # far fewer runs than units; the units measured alone and the screened groups partition all 24
+    assert auto.measurements < 24 and auto.screened
+    alone = [u.unit for u in auto.units]
+    grouped = [u for g in auto.screened for u in g.units]
+    assert sorted(alone + grouped) == sorted(f"fc{i}" for i in range(24)) and not set(alone) & set(grouped)
+    assert "fc17" in alone and auto.units[0].unit == "fc17"
+    assert {u.unit: u.sqnr_db for u in full.units}["fc17"] == pytest.approx(auto.units[0].sqnr_db)
+    assert sum(u.noise_share for u in auto.units) + sum(g.noise_share for g in auto.screened) == pytest.approx(1.0)
+    assert all("of the all-quantized noise" in g.reason for g in auto.screened)
+    side = auto.to_dict()
+    assert side["measurements"] == auto.measurements
+    assert sum(len(g["units"]) for g in side["screened"]) == 24 - len(alone)
+    assert "screened out:" in auto.format()
+    assert not auto.decisions[-1].kept and "screened out in groups" in auto.decisions[-1].reason
+
+
 def test_budget_with_a_mac_cap_skips_the_layers_over_it():
     result, _ = _fallback(outlier_mlp(), _mlp_data(32), budget=1, max_float_macs=0.2)
     assert result.kept_float in (["fc3"], ["fc1"])  # fc2 (57 % of the MACs) is over the cap

@@ -29,6 +29,19 @@ gains ``−10·log10(1 − σ)`` dB; the ranking is by noise share, so every lat
 unit is kept only if its measured gain is at least `min_gain_db` too. When the all-quantized output
 already reaches `AUTO_ABOVE_DB` (30 dB) on the samples, nothing is ranked (one measured run, no
 per-unit cost). The sidecar's `decisions` say for each unit looked at why it was kept or passed over.
+
+Screening (automatic fallback only): the automatic walk keeps a unit only if its noise share is at least
+``σ_min = 1 − 10^(−min_gain_db/10)`` (0.5 dB: 10.9 %), so most units need no measurement of their own.
+With noise powers adding, a group G of units quantized together has noise ``N(G) = Σ_{u∈G} N(u) ≥ N(u)``:
+when ``N(G) < margin·σ_min·N_all`` (``N_all`` the all-quantized noise, ``margin`` = `_SCREEN_MARGIN`
+= 1/2 for the additivity's slack), no member can be kept and the group is not split. Groups start as
+`_SEGMENTS` runs of units consecutive in graph order and are halved until they fall under that bound or
+hold one unit (measured alone, as in the full ranking); a group of units that the MAC budget
+excludes anyway is not split either. Shares are then taken over the partition's summed noise (the same
+sum as the full ranking's, up to additivity). With a few sensitive units among many this measures
+O(k·log n) groups instead of n units, most of them short graph suffixes (EfficientNet-Lite0: 50 units
+-> about 20 runs). The sidecar lists the units measured alone in `units` and the groups in `screened`.
+`--fallback-budget` and `--target-sqnr` rank every unit.
 """
 
 from __future__ import annotations
@@ -64,6 +77,7 @@ __all__ = [
     "FallbackDecision",
     "FallbackResult",
     "FallbackStep",
+    "ScreenedGroup",
     "UnitSensitivity",
     "sensitivity_fallback",
     "unit_owners",
@@ -78,9 +92,10 @@ DEFAULT_MAX_TRIALS = 32
 DEFAULT_MAX_FLOAT_MACS = 0.05
 DEFAULT_MIN_GAIN_DB = 0.5
 AUTO_ABOVE_DB = 30.0  # automatic fallback: an all-quantized output at least this close ranks nothing
-_CHUNK = 8  # samples per ONNX Runtime run when the batch axis is dynamic
+_CHUNK = 4  # samples per ONNX Runtime run when the batch axis is dynamic (memory: activations of 4)
 _SEGMENTS = 8  # graph suffixes a single-unit measurement may start from
 _GATE = "trtq_gate_"
+_SCREEN_MARGIN = 0.5  # screening: a group under this fraction of the keep threshold is not split
 
 
 @dataclass(frozen=True)
@@ -102,6 +117,23 @@ class UnitSensitivity:
     noise_share: float
     macs: int | None
     tensors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ScreenedGroup:
+    """Automatic fallback's screening: units measured together and not split further (none can be kept).
+
+    Attributes:
+        units: the units, in graph order.
+        sqnr_db: output SQNR vs FP32 with only these units quantized.
+        noise_share: their summed share of the output noise.
+        reason: why the group was not split.
+    """
+
+    units: tuple[str, ...]
+    sqnr_db: float
+    noise_share: float
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -140,6 +172,8 @@ class FallbackResult:
         auto: the automatic fallback chose (within `max_float_macs`, stopping at `min_gain_db`).
         max_float_macs, min_gain_db: the automatic fallback's MAC budget (fraction) and least gain.
         decisions: the automatic fallback's reasons, unit by unit.
+        screened: the automatic fallback's groups of units not measured alone (module docstring).
+        measurements: graph runs over the samples the analysis made (all quantized included).
         seconds: wall time of the analysis (not part of `to_dict`, so reports stay byte-identical).
     """
 
@@ -158,6 +192,8 @@ class FallbackResult:
     max_float_macs: float | None = None
     min_gain_db: float | None = None
     decisions: list[FallbackDecision] = field(default_factory=list)
+    screened: list[ScreenedGroup] = field(default_factory=list)
+    measurements: int = 0
     seconds: float = 0.0
 
     @property
@@ -198,6 +234,9 @@ class FallbackResult:
             "units": [{"unit": u.unit, "op": u.op, "sqnr_db": round(u.sqnr_db, 4),
                        "noise_share": round(u.noise_share, 6), "macs": u.macs, "tensors": list(u.tensors)}
                       for u in self.units],
+            "screened": [{"units": list(g.units), "sqnr_db": round(g.sqnr_db, 4),
+                          "noise_share": round(g.noise_share, 6), "reason": g.reason} for g in self.screened],
+            "measurements": self.measurements,
         }
 
     def summary(self) -> str:
@@ -219,6 +258,11 @@ class FallbackResult:
                  f"quantized; all quantized: {self.baseline_sqnr_db:.2f} dB)"]
         lines += [f"  {u.sqnr_db:8.2f} dB  {100 * u.noise_share:5.1f}% of noise  {u.op:<13} {u.unit}"
                   for u in self.units[:top]]
+        if self.screened:
+            count = sum(len(g.units) for g in self.screened)
+            most = max(g.noise_share for g in self.screened)
+            lines.append(f"  screened out: {count} units in {len(self.screened)} groups measured together "
+                         f"(at most {100 * most:.1f}% of noise per group; {self.measurements} runs in all)")
         lines += [f"fallback {i + 1}: {s.unit} -> {s.sqnr_db:.2f} dB" for i, s in enumerate(self.steps)]
         if self.auto and self.decisions:
             last = self.decisions[-1]
@@ -300,18 +344,27 @@ def sensitivity_fallback(
         result = FallbackResult(plan, [], [], [], baseline, scorer.samples, budget, target_sqnr, macs,
                                 list(gates), weights, auto=True,
                                 max_float_macs=max_float_macs or DEFAULT_MAX_FLOAT_MACS,
-                                min_gain_db=min_gain_db, decisions=[decision],
+                                min_gain_db=min_gain_db, decisions=[decision], measurements=scorer.runs,
                                 seconds=time.perf_counter() - started)
         _log(result)
         return result
-    units = _rank(scorer, model, plan, owners, macs, progress)
     if max_float_macs is None and auto:
         max_float_macs = DEFAULT_MAX_FLOAT_MACS
     share = _mac_shares(macs)
+    screened: list[ScreenedGroup] = []
+    if auto:
+        units, screened = _screen(scorer, model, plan, owners, macs, baseline, share, max_float_macs,
+                                  min_gain_db, progress)
+    else:
+        units = _rank(scorer, model, plan, owners, macs, progress)
     decisions: list[FallbackDecision] = []
     if auto:
-        steps, decisions = _auto_fall_back(scorer, units, baseline, share, max_float_macs, min_gain_db,
-                                           max_trials)
+        steps, decisions = _auto_fall_back(scorer, units, set(gates), baseline, share, max_float_macs,
+                                           min_gain_db, max_trials)
+        if screened and (not decisions or decisions[-1].kept):  # the walk ran out of units measured alone
+            count = sum(len(g.units) for g in screened)
+            decisions.append(FallbackDecision("", False, f"the other {count} layers were screened out in groups: "
+                                              f"none carries enough of the noise to gain {min_gain_db:g} dB"))
     else:
         steps = _fall_back(scorer, [u.unit for u in units], baseline, budget, target_sqnr, max_trials, progress,
                            share=share, max_float=max_float_macs)
@@ -319,7 +372,8 @@ def sensitivity_fallback(
     result = FallbackResult(without_units(model, plan, kept, owners, units), units, kept, steps, baseline,
                             scorer.samples, budget, target_sqnr, macs, list(gates), weights, auto=auto,
                             max_float_macs=max_float_macs, min_gain_db=min_gain_db if auto else None,
-                            decisions=decisions, seconds=time.perf_counter() - started)
+                            decisions=decisions, screened=screened, measurements=scorer.runs,
+                            seconds=time.perf_counter() - started)
     _log(result)
     return result
 
@@ -482,11 +536,12 @@ class _Scorer:
         self._const = _constant_nodes(gated.graph)
         self._live = [_live_tensors(gated.graph, cut, self._const) for cut in self._cuts]
         self._reference, self._cached = self._reference_run()
-        self._sessions = {0: make_session(gated, exact_qdq=True)}
+        self._sessions = {0: make_session(gated, exact_qdq=True, arena=False)}
+        self.runs = 0  # measurements made (each one run of a graph suffix over the samples)
 
     def _reference_run(self) -> tuple[list[list[np.ndarray]], list[dict[str, np.ndarray]]]:
         extra = sorted(set().union(*self._live))
-        session = make_session(self._gated, outputs=extra, exact_qdq=True)
+        session = make_session(self._gated, outputs=extra, exact_qdq=True, arena=False)
         reference, cached = [], []
         for batch in self._subset:
             values = session.run([*self._outputs, *extra], {**batch, **self._feed(set())})
@@ -504,11 +559,12 @@ class _Scorer:
             cut, live = self._cuts[segment], self._live[segment]
             types = {t: self._cached[0][t].dtype for t in live}
             self._sessions[segment] = make_session(_suffix_model(self._gated, cut, self._const, types),
-                                                   exact_qdq=True)
+                                                   exact_qdq=True, arena=False)
         return self._sessions[segment]
 
     def sqnr_db(self, on: set[str]) -> float:
         """Worst output SQNR (dB, capped as `trtq.metrics` caps it) with the units `on` quantized."""
+        self.runs += 1
         segment = min((self._segment[u] for u in on), default=0)
         session, live = self._session(segment), self._live[segment]
         sums = [ErrorSums() for _ in self._outputs]
@@ -577,19 +633,62 @@ def _rank(scorer: _Scorer, model: onnx.ModelProto, plan: QuantPlan, owners: Mapp
     return sorted(ranked, key=lambda s: (s.sqnr_db, s.unit))
 
 
+def _screen(scorer: _Scorer, model: onnx.ModelProto, plan: QuantPlan, owners: Mapping[str, str],
+            macs: Mapping[str, int | None], baseline: float, share: Mapping[str, float], max_float: float,
+            min_gain: float, progress: bool) -> tuple[list[UnitSensitivity], list[ScreenedGroup]]:
+    """Automatic fallback's ranking by group screening (module docstring): the units measured alone, most
+    sensitive first, and the groups left unsplit. Noise shares are over the partition's summed noise."""
+    ops = {n.name: n.op_type for n in model.graph.node}
+    tensors = _unit_tensors(plan, owners)
+    ordered = sorted(dict.fromkeys(owners.values()), key=scorer.position.__getitem__)
+    need, n_all = 1.0 - 10.0 ** (-min_gain / 10.0), 10.0 ** (-baseline / 10.0)
+    bound = _SCREEN_MARGIN * need * n_all
+    size = -(-len(ordered) // _SEGMENTS)
+    pending = [ordered[i: i + size] for i in range(0, len(ordered), size)]
+    parts: list[tuple[list[str], float, str]] = []  # (units, sqnr, why unsplit; "" for a single unit)
+    bar = tqdm(desc="sensitivity (screening)", unit="run", disable=not progress)
+    while pending:  # depth first, in graph order: one suffix session serves neighbouring groups
+        group = pending.pop(0)
+        sqnr = scorer.sqnr_db(set(group))
+        bar.update()
+        noise = 10.0 ** (-sqnr / 10.0)
+        eligible = [u for u in group if u in share and share[u] <= max_float]
+        if len(group) > 1 and noise < bound:
+            parts.append((group, sqnr, f"together {100 * noise / n_all:.2f}% of the all-quantized noise, under "
+                                       f"{100 * bound / n_all:.2f}% ({_SCREEN_MARGIN:g} x the {100 * need:.1f}% a "
+                                       f"unit needs to gain {min_gain:g} dB)"))
+        elif len(group) > 1 and not eligible:
+            parts.append((group, sqnr, "every unit over the MAC budget or of unknown MACs"))
+        elif len(group) > 1:
+            half = (len(group) + 1) // 2
+            pending[:0] = [group[:half], group[half:]]
+        else:
+            parts.append((group, sqnr, ""))
+    bar.close()
+    noise = {tuple(g): 10.0 ** (-s / 10.0) for g, s, _ in parts}
+    total = sum(noise.values()) or 1.0
+    ranked = [UnitSensitivity(g[0], ops.get(g[0], ""), s, noise[tuple(g)] / total, macs.get(g[0]),
+                              tuple(tensors.get(g[0], []))) for g, s, why in parts if not why]
+    groups = [ScreenedGroup(tuple(g), s, noise[tuple(g)] / total, why) for g, s, why in parts if why]
+    logger.info("screening: %d units measured alone, %d in %d groups, %d runs", len(ranked),
+                sum(len(g.units) for g in groups), len(groups), scorer.runs)
+    return sorted(ranked, key=lambda u: (u.sqnr_db, u.unit)), groups
+
+
 def _mac_shares(macs: Mapping[str, int | None]) -> dict[str, float]:
     """Unit -> its fraction of all weighted-op MACs (units of unknown MACs are left out)."""
     total = sum(m or 0 for m in macs.values())
     return {u: m / total for u, m in macs.items() if m is not None and total}
 
 
-def _auto_fall_back(scorer: _Scorer, units: list[UnitSensitivity], baseline: float, share: Mapping[str, float],
-                    max_float: float, min_gain: float, max_trials: int
+def _auto_fall_back(scorer: _Scorer, units: list[UnitSensitivity], every: set[str], baseline: float,
+                    share: Mapping[str, float], max_float: float, min_gain: float, max_trials: int
                     ) -> tuple[list[FallbackStep], list[FallbackDecision]]:
-    """The fewest units to diminishing returns within the MAC budget (module docstring)."""
+    """The fewest units to diminishing returns within the MAC budget (module docstring); `units`: the
+    ranked ones, `every`: all quantized units (the screened ones stay quantized)."""
     steps: list[FallbackStep] = []
     decisions: list[FallbackDecision] = []
-    quantized = {u.unit for u in units}
+    quantized = set(every)
     used, current = 0.0, baseline
     for u in units:
         predicted = -10.0 * math.log10(max(1.0 - u.noise_share, 1e-12))

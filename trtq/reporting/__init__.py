@@ -342,6 +342,14 @@ def _precision(side: dict[str, Any], inspected: Any) -> str:
             body += page.table(["layer", "op", "MACs", "SQNR dB alone", "noise share %", "kept float"],
                                [(u["unit"], u["op"], u.get("macs"), u["sqnr_db"], 100.0 * u["noise_share"],
                                  "yes" if u["unit"] in kept else "") for u in shown], cls="sensitivity")
+        screened = fb.get("screened") or []
+        if screened:
+            body += page.note(f"{sum(len(g['units']) for g in screened)} layers were screened out in "
+                              f"{len(screened)} groups measured together (none can be kept: the automatic "
+                              f"fallback's screening; {fb.get('measurements')} runs in all).")
+            body += page.table(["first layer", "last layer", "layers", "SQNR dB together", "noise share %", "why"],
+                               [(g["units"][0], g["units"][-1], len(g["units"]), g["sqnr_db"],
+                                 100.0 * g["noise_share"], g["reason"]) for g in screened], cls="screened")
     else:
         body += page.note("No sensitivity fallback ran (--fallback-budget N or --target-sqnr DB keeps the most "
                           "sensitive layers in floating point).")
