@@ -188,6 +188,16 @@ _IMAGE_FLAGS = ("resize", "crop", "crop_mode", "layout", "dtype", "scale", "mean
                 "input_name")
 
 
+def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
+    """What `compare` and `report` take to run graphs over evaluation data."""
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-samples", type=int)
+    _add_image_args(p)
+    _add_degrade_args(p, calibration=False)
+    _add_device_arg(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def _add_image_args(p: argparse.ArgumentParser) -> None:
     from trtq.calibrators.images import CHANNEL_ORDERS, CROP_MODES, DTYPES, LAYOUTS
 
@@ -417,12 +427,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=40, help="SQNR bars shown: the N worst quantized tensors (default 40)")
     p.add_argument("--histograms", type=int, default=9, metavar="N",
                    help="histograms of the N worst activations (default 9)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-samples", type=int)
-    _add_image_args(p)
-    _add_degrade_args(p, calibration=False)
-    _add_device_arg(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_evaluation_args(p)
     p.set_defaults(func=_run_report)
 
 
@@ -484,14 +489,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
                    "quantized ONNX of it (graph outputs only)")
     p.add_argument("--data", required=True, help=".npz of evaluation arrays keyed by input name, or a "
                    "folder of images (with --preprocess or --image-size)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-samples", type=int)
     p.add_argument("--top", type=int, default=20, help="show the N worst quantized tensors")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
-    _add_image_args(p)
-    _add_degrade_args(p, calibration=False)
-    _add_device_arg(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_evaluation_args(p)
     p.set_defaults(func=_run_compare)
 
 
