@@ -187,3 +187,18 @@ def test_explicit_opset_below_the_half_scales_names_the_fix() -> None:
     with pytest.raises(TrtqError, match="fp16 Q/DQ scales"):
         trtq.quantize(mlp, data, config=QuantConfig(opset=17), progress=False)
     assert trtq.quantize(mlp, data, config=QuantConfig(opset=17, high_precision="fp32"), progress=False).model
+
+
+def test_an_op_without_a_half_form_and_its_constants_stay_fp32() -> None:
+    """Rule 7: Range has no float16 form in ONNX (YOLOv8's anchor grid); cast, the graph would not load."""
+    start = helper.make_tensor("start", F, [], [0.5])
+    nodes = [
+        helper.make_node("Constant", [], ["s"], name="c_start", value=start),
+        helper.make_node("Range", ["s", "limit", "delta"], ["grid"], name="range"),
+        helper.make_node("Mul", ["x", "grid"], ["y"], name="mul"),
+    ]
+    m, done = cast(model(nodes, {"limit": np.array(4.5, np.float32), "delta": np.array(1.0, np.float32)}, [2, 4]))
+    assert "rule 7" in done["kept_fp32"]["range"] and "rule 7" in done["kept_fp32"]["c_start"]
+    assert "mul" not in done["kept_fp32"]  # the data path is still half
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    assert np.array_equal(helpers.run(m, {"x": x}), x * np.arange(0.5, 4.5, 1.0, dtype=np.float32))

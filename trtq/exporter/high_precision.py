@@ -43,6 +43,9 @@ KEEP, the stated rule (each item tested in tests/test_high_precision.py):
      q' = clip(rint(q s / s')): the weight is then |w - q' s'| <= s'/2 off, where a subnormal scale
      would be off by its own rounding (up to 2^-25 absolute, i.e. 100% for scales near 2^-24).
   6. The Resize/Upsample scales and roi inputs, which ONNX types as float32 whatever the data type.
+  7. An op whose ONNX schema (at the model's opset) has no half form for a float input or output, e.g.
+     Range (float, double and integers only: YOLOv8's anchor grid), and the Constant nodes feeding it:
+     in H the graph would not load; the constants stay exact.
 
 `nodes=` restricts the cast to named nodes (sensitivity fallback: the layers kept out of INT8/FP8).
 """
@@ -165,6 +168,8 @@ def keep_fp32(model: onnx.ModelProto, dtype: str, floats: set[str],
         for t in n.input:
             consumers.setdefault(t, []).append(n)
     constants = _constant_values(g, inits)
+    producers = {o: n for n in g.node for o in n.output}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     tiny, normal = FLOATS[dtype].smallest, FLOATS[dtype].tiny
     keep: dict[str, str] = {}
     for node in g.node:
@@ -183,12 +188,38 @@ def keep_fp32(model: onnx.ModelProto, dtype: str, floats: set[str],
                       and np.any(v != 0) and np.all(np.abs(v[v != 0]) < tiny)]
             if vanish and op not in _QDQ:
                 keep[node.name] = f"constant '{vanish[0]}' rounds to 0 in half precision (rule 4)"
+        if node.name not in keep and (missing := _no_half_form(node, floats, dtype, opset)):
+            keep[node.name] = f"{op} has no {dtype} form in ONNX ({missing}; rule 7)"
+            for t in node.input:
+                if (src := producers.get(t)) is not None and src.op_type == "Constant":
+                    keep[src.name] = f"constant read by {op} '{node.name}', which stays float32 (rule 7)"
         if _is_square(node, constants) and any(c.op_type == "ReduceMean" for c in consumers.get(node.output[0], [])):
             keep[node.name] = "x^2 of normalization statistics (rule 2)"
             for mean in (c for c in consumers[node.output[0]] if c.op_type == "ReduceMean"):
                 keep[mean.name] = "variance of normalization statistics (rule 2)"
                 _keep_chain(mean, consumers, constants, keep, "normalization statistics (rule 2)")
     return keep
+
+
+def _no_half_form(node: onnx.NodeProto, floats: set[str], dtype: str, opset: int) -> str:
+    """The first float tensor of `node` whose ONNX type constraint excludes the half type ("" if none)."""
+    if node.domain not in ("", "ai.onnx"):
+        return ""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return ""
+    allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+    want = "tensor(float16)" if dtype == "fp16" else "tensor(bfloat16)"
+    for formal, actual in ((schema.inputs, node.input), (schema.outputs, node.output)):
+        for i, tensor in enumerate(actual):
+            if not tensor or tensor not in floats or not formal:
+                continue
+            param = formal[min(i, len(formal) - 1)]  # a variadic last parameter covers the rest
+            types = allowed.get(param.type_str)
+            if types is not None and want not in types:
+                return f"'{tensor}' is typed {param.type_str}: {', '.join(sorted(types))}"
+    return ""
 
 
 def _keep_chain(node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]], constants: dict[str, np.ndarray],
