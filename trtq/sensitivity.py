@@ -620,17 +620,27 @@ def _suffix_model(gated: onnx.ModelProto, cut: int, const: set[int],
 def _rank(scorer: _Scorer, model: onnx.ModelProto, plan: QuantPlan, owners: Mapping[str, str],
           macs: Mapping[str, int | None], progress: bool) -> list[UnitSensitivity]:
     """Measure every unit alone (in graph order, one suffix session at a time); most sensitive first."""
-    ops = {n.name: n.op_type for n in model.graph.node}
-    tensors = _unit_tensors(plan, owners)
-    units = list(dict.fromkeys(owners.values()))
-    ordered = sorted(units, key=scorer.position.__getitem__)
+    ordered = sorted(dict.fromkeys(owners.values()), key=scorer.position.__getitem__)
     bar = tqdm(ordered, desc="sensitivity", unit="layer", disable=not progress)
     sqnr = {u: scorer.sqnr_db({u}) for u in bar}
-    noise = {u: 10.0 ** (-s / 10.0) for u, s in sqnr.items()}
-    total = sum(noise.values()) or 1.0
-    ranked = [UnitSensitivity(u, ops.get(u, ""), sqnr[u], noise[u] / total, macs.get(u),
-                              tuple(tensors.get(u, []))) for u in units]
-    return sorted(ranked, key=lambda s: (s.sqnr_db, s.unit))
+    return _sensitivities(model, plan, owners, macs, sqnr, sum(_noise(s) for s in sqnr.values()))
+
+
+def _noise(sqnr_db: float) -> float:
+    """Output noise power relative to the signal's, from an SQNR in dB."""
+    return 10.0 ** (-sqnr_db / 10.0)
+
+
+def _sensitivities(model: onnx.ModelProto, plan: QuantPlan, owners: Mapping[str, str],
+                   macs: Mapping[str, int | None], sqnr: Mapping[str, float], total: float
+                   ) -> list[UnitSensitivity]:
+    """The units measured alone (`sqnr`), each with its share of the `total` noise; most sensitive first."""
+    ops = {n.name: n.op_type for n in model.graph.node}
+    tensors = _unit_tensors(plan, owners)
+    total = total or 1.0
+    ranked = [UnitSensitivity(u, ops.get(u, ""), s, _noise(s) / total, macs.get(u), tuple(tensors.get(u, [])))
+              for u, s in sqnr.items()]
+    return sorted(ranked, key=lambda u: (u.sqnr_db, u.unit))
 
 
 def _screen(scorer: _Scorer, model: onnx.ModelProto, plan: QuantPlan, owners: Mapping[str, str],
@@ -638,10 +648,8 @@ def _screen(scorer: _Scorer, model: onnx.ModelProto, plan: QuantPlan, owners: Ma
             min_gain: float, progress: bool) -> tuple[list[UnitSensitivity], list[ScreenedGroup]]:
     """Automatic fallback's ranking by group screening (module docstring): the units measured alone, most
     sensitive first, and the groups left unsplit. Noise shares are over the partition's summed noise."""
-    ops = {n.name: n.op_type for n in model.graph.node}
-    tensors = _unit_tensors(plan, owners)
     ordered = sorted(dict.fromkeys(owners.values()), key=scorer.position.__getitem__)
-    need, n_all = 1.0 - 10.0 ** (-min_gain / 10.0), 10.0 ** (-baseline / 10.0)
+    need, n_all = 1.0 - _noise(min_gain), _noise(baseline)
     bound = _SCREEN_MARGIN * need * n_all
     size = -(-len(ordered) // _SEGMENTS)
     pending = [ordered[i: i + size] for i in range(0, len(ordered), size)]
@@ -651,28 +659,24 @@ def _screen(scorer: _Scorer, model: onnx.ModelProto, plan: QuantPlan, owners: Ma
         group = pending.pop(0)
         sqnr = scorer.sqnr_db(set(group))
         bar.update()
-        noise = 10.0 ** (-sqnr / 10.0)
-        eligible = [u for u in group if u in share and share[u] <= max_float]
-        if len(group) > 1 and noise < bound:
-            parts.append((group, sqnr, f"together {100 * noise / n_all:.2f}% of the all-quantized noise, under "
-                                       f"{100 * bound / n_all:.2f}% ({_SCREEN_MARGIN:g} x the {100 * need:.1f}% a "
-                                       f"unit needs to gain {min_gain:g} dB)"))
-        elif len(group) > 1 and not eligible:
+        if len(group) == 1:
+            parts.append((group, sqnr, ""))
+        elif _noise(sqnr) < bound:
+            parts.append((group, sqnr, f"together {100 * _noise(sqnr) / n_all:.2f}% of the all-quantized noise, "
+                                       f"under {100 * bound / n_all:.2f}% ({_SCREEN_MARGIN:g} x the {100 * need:.1f}% "
+                                       f"a unit needs to gain {min_gain:g} dB)"))
+        elif not any(share.get(u, math.inf) <= max_float for u in group):
             parts.append((group, sqnr, "every unit over the MAC budget or of unknown MACs"))
-        elif len(group) > 1:
+        else:
             half = (len(group) + 1) // 2
             pending[:0] = [group[:half], group[half:]]
-        else:
-            parts.append((group, sqnr, ""))
     bar.close()
-    noise = {tuple(g): 10.0 ** (-s / 10.0) for g, s, _ in parts}
-    total = sum(noise.values()) or 1.0
-    ranked = [UnitSensitivity(g[0], ops.get(g[0], ""), s, noise[tuple(g)] / total, macs.get(g[0]),
-                              tuple(tensors.get(g[0], []))) for g, s, why in parts if not why]
-    groups = [ScreenedGroup(tuple(g), s, noise[tuple(g)] / total, why) for g, s, why in parts if why]
+    total = sum(_noise(s) for _, s, _ in parts) or 1.0
+    ranked = _sensitivities(model, plan, owners, macs, {g[0]: s for g, s, why in parts if not why}, total)
+    groups = [ScreenedGroup(tuple(g), s, _noise(s) / total, why) for g, s, why in parts if why]
     logger.info("screening: %d units measured alone, %d in %d groups, %d runs", len(ranked),
                 sum(len(g.units) for g in groups), len(groups), scorer.runs)
-    return sorted(ranked, key=lambda u: (u.sqnr_db, u.unit)), groups
+    return ranked, groups
 
 
 def _mac_shares(macs: Mapping[str, int | None]) -> dict[str, float]:
